@@ -1,0 +1,44 @@
+# kNN-CLIP continual segmentation benchmark. `make help` lists the targets.
+# Every NAME=value given on the command line (SEQ, METHOD, MODEL, knn.k, ...) is passed on to `python -m bench`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+OVERRIDES := $(MAKEOVERRIDES)
+
+.DEFAULT_GOAL := help
+.PHONY: help install bench test test-all lint clean
+
+help:  ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: SEQ=<name|file.yaml> METHOD=knn|zeroshot MODEL=<open_clip name> PRETRAINED=<tag>"
+	@echo "             DATA_ROOT=<dir>, and any config key, e.g. knn.k=32 proposals.kind=gt"
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the suite (fast when nothing changed)
+
+bench: $(STAMP)  ## run a sequence: make bench [SEQ=synth] [METHOD=knn] [MODEL=tiny-random] [key=value ...]
+	$(PY) -m bench run $(OVERRIDES)
+
+test: $(STAMP)  ## run the tests (without those marked slow)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP)  ## run every test, slow ones included
+	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:  ## remove run outputs and caches (keeps .venv and committed results)
+	rm -rf results/runs .pytest_cache .ruff_cache lightning_logs wandb
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

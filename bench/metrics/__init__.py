@@ -1,0 +1,6 @@
+"""Segmentation metrics: pure functions on tensors, and torchmetrics shells with sum-reducible state."""
+
+from bench.metrics.miou import MeanIoU
+from bench.metrics.semantic import confusion_matrix, iou_from_confusion, mean_iou, pixel_accuracy
+
+__all__ = ["MeanIoU", "confusion_matrix", "iou_from_confusion", "mean_iou", "pixel_accuracy"]

@@ -1,0 +1,195 @@
+"""open_clip models as a MaskCLIP-style dense open-vocabulary base, and their visual tower as a memory embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.errors import ConfigError
+from bench.io import atomic_write_bytes, cache_dir
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Suite-registered configs: random-init models, never presented as pretrained.
+RANDOM_INIT_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+RANDOM_TAG = "random-init"
+
+# Prompt ensemble in the style of CLIP's ImageNet templates, trimmed to ones that suit scene parts.
+PROMPT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+)
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if not set(RANDOM_INIT_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def resolve_pretrained(name: str, pretrained: str) -> str:
+    """Check model name and pretrained tag; an empty tag means the model's default weights."""
+    import open_clip
+
+    _register_configs()
+    if name not in open_clip.list_models():
+        known = [m for m in open_clip.list_models() if m.startswith("ViT")][:12]
+        raise ConfigError(f"unknown MODEL {name!r}: not an open_clip model name. Suite models: "
+                          f"{', '.join(RANDOM_INIT_MODELS)}; open_clip ViTs include {', '.join(known)}, ...")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if name in RANDOM_INIT_MODELS:
+        if pretrained not in ("", RANDOM_TAG):
+            raise ConfigError(f"MODEL {name} is a random-init suite config; PRETRAINED must be empty, "
+                              f"got {pretrained!r}")
+        return RANDOM_TAG
+    if pretrained == "":
+        if not tags:
+            raise ConfigError(f"MODEL {name} has no pretrained weights in open_clip; pass "
+                              f"PRETRAINED={RANDOM_TAG} to use random weights on purpose")
+        return "openai" if "openai" in tags else tags[0]
+    if pretrained != RANDOM_TAG and pretrained not in tags:
+        raise ConfigError(f"unknown PRETRAINED {pretrained!r} for MODEL {name}; known tags: "
+                          f"{', '.join(tags) or '(none)'}, or {RANDOM_TAG}")
+    return pretrained
+
+
+def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
+    import open_clip
+
+    tag = resolve_pretrained(name, pretrained)
+    if tag == RANDOM_TAG:
+        # Random weights depend only on the seed, never on the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            quiet = logging.getLogger().level
+            logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random init is random
+            try:
+                model = open_clip.create_model(name, pretrained=None)
+            finally:
+                logging.getLogger().setLevel(quiet)
+    else:
+        try:
+            model = open_clip.create_model(name, pretrained=tag, require_pretrained=True)
+        except Exception as e:  # network, hub or file errors all mean: the weights are not here
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
+            raise RuntimeError(f"could not load pretrained weights {name}/{tag}{hint}: {e}. Random weights are "
+                               f"never substituted; use MODEL={RANDOM_INIT_MODELS[0]} to run offline") from e
+    return model.eval()
+
+
+class OpenClipBase(torch.nn.Module):
+    """MaskCLIP dense features: the last block's value path (no query-key attention) mapped into the joint space.
+
+    Images are resized to the model's square input size; the positional embedding is used as trained.
+    """
+
+    def __init__(self, name: str, pretrained: str = "", seed: int = 0) -> None:
+        super().__init__()
+        import open_clip
+
+        self.tag = resolve_pretrained(name, pretrained)
+        self.name = name
+        self.model = load_open_clip(name, pretrained, seed)
+        visual = self.model.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise ConfigError(f"MODEL {name}: dense MaskCLIP features need an open_clip ViT; "
+                              f"{type(visual).__name__} towers are not supported yet")
+        size = visual.image_size
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.mean = torch.tensor(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+        self.std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
+        weights = f"{self.tag}(seed={seed})" if self.tag == RANDOM_TAG else self.tag
+        self.identity = f"open_clip:{name}/{weights}"
+        self._tokenizer = open_clip.get_tokenizer(name)
+        self.requires_grad_(False)
+
+    # -- images -------------------------------------------------------------------------------------------------
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_normalize(image, self.image_size, self.mean, self.std)
+
+    def tokens(self, images: torch.Tensor, last_block: str) -> tuple[torch.Tensor, int]:
+        """Patch tokens ``B×N×W`` after all blocks but the last, then the last one as ``full`` or ``value``."""
+        visual = self.model.visual
+        x = visual._embeds(images)
+        blocks = visual.transformer.resblocks
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        x = x if batch_first else x.transpose(0, 1)
+        for block in blocks[:-1]:
+            x = block(x)
+        last = blocks[-1]
+        if last_block == "full":
+            x = last(x)
+        else:  # MaskCLIP: value embedding and output projection only, so each patch keeps its own content
+            y = last.ln_1(x)
+            width = y.shape[-1]
+            w, b = last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:]
+            x = last.attn.out_proj(F.linear(y, w, b))
+        x = x if batch_first else x.transpose(0, 1)
+        num_prefix = x.shape[1] - (images.shape[-1] // visual.patch_size[0]) ** 2
+        return visual.ln_post(x[:, num_prefix:]), images.shape[-1] // visual.patch_size[0]
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens, grid = self.tokens(images, last_block="value")
+        if self.model.visual.proj is not None:
+            tokens = tokens @ self.model.visual.proj
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def text_embeddings(self, class_names: list[str]) -> torch.Tensor:
+        """Prompt-ensembled, L2-normalised ``C×D`` text embeddings, cached on disk by weights and vocabulary."""
+        key = hashlib.sha1("\n".join([self.identity, *PROMPT_TEMPLATES, "", *class_names]).encode()).hexdigest()
+        path = cache_dir() / "text" / f"{self.name}-{self.tag}-{key[:16]}.pt"
+        if path.exists():
+            cached = torch.load(path, weights_only=True)
+            if cached["classes"] == list(class_names) and cached["identity"] == self.identity:
+                return cached["embeddings"]
+        out = []
+        for name in class_names:
+            tokens = self._tokenizer([t.format(name) for t in PROMPT_TEMPLATES])
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(0)
+            out.append(F.normalize(emb, dim=0))
+        embeddings = torch.stack(out)
+        buf = io.BytesIO()
+        torch.save({"identity": self.identity, "classes": list(class_names), "embeddings": embeddings}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        return embeddings
+
+
+class ClipVisualEmbedder(torch.nn.Module):
+    """Memory embedder from the base model's visual tower: last-layer patch tokens (before the projection)."""
+
+    def __init__(self, base: OpenClipBase) -> None:
+        super().__init__()
+        self.base = base
+        self.dim = base.model.visual.transformer.width
+        self.identity = f"{base.identity}:tokens"
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        return self.base.preprocess(image)
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens, grid = self.base.tokens(images, last_block="full")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+
+
+def resize_normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``3×H×W`` → float ``3×size×size``: bilinear (antialiased) resize, scale to [0,1], normalise."""
+    x = image.float().unsqueeze(0) / 255.0
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return ((x[0] - mean.view(3, 1, 1)) / std.view(3, 1, 1)).contiguous()

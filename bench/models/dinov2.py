@@ -1,0 +1,59 @@
+"""DINOv2 from timm as a memory embedder (the backbone kNN-CLIP uses to embed instances)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from bench.errors import ConfigError
+from bench.models.clip import resize_normalize
+
+IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))
+IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225))
+
+# Suite configs built with random weights for tests: never presented as pretrained.
+TINY_CONFIGS = {
+    "dinov2-tiny-random": ("vit_small_patch14_dinov2", {"depth": 2, "embed_dim": 32, "num_heads": 2}),
+}
+DEFAULT_IMAGE_SIZE = 224
+
+
+class Dinov2Embedder(torch.nn.Module):
+    def __init__(self, name: str, pretrained: str | bool = "", image_size: int | None = None, seed: int = 0):
+        super().__init__()
+        import timm
+
+        size = image_size or (126 if name in TINY_CONFIGS else DEFAULT_IMAGE_SIZE)
+        if name in TINY_CONFIGS:
+            arch, kwargs = TINY_CONFIGS[name]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = timm.create_model(arch, pretrained=False, img_size=size, num_classes=0, **kwargs)
+            weights = f"random-init(seed={seed})"
+        else:
+            if name not in timm.list_models("*dinov2*"):
+                raise ConfigError(f"unknown embedder.name {name!r}; DINOv2 models in timm: "
+                                  f"{', '.join(timm.list_models('*dinov2*'))}, or {', '.join(TINY_CONFIGS)}")
+            try:
+                self.model = timm.create_model(name, pretrained=True, img_size=size, num_classes=0)
+            except Exception as e:
+                hint = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+                raise RuntimeError(f"could not load pretrained weights for embedder {name}{hint}: {e}. Random "
+                                   "weights are never substituted; use embedder.kind=clip to run offline") from e
+            weights = "pretrained"
+        self.model.eval().requires_grad_(False)
+        self.patch = self.model.patch_embed.patch_size[0]
+        if size % self.patch:
+            raise ConfigError(f"embedder.image_size {size} must be a multiple of the patch size {self.patch}")
+        self.image_size = size
+        self.dim = self.model.embed_dim
+        self.identity = f"timm:{name}/{weights}@{size}"
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_normalize(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
+        grid = images.shape[-1] // self.patch
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)

@@ -1,0 +1,100 @@
+"""The LightningModule: *adapt* fills the memory in one no-gradient pass; *evaluate* scores each vocabulary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.config import KnnConfig
+from bench.fusion import fuse, retrieval_distribution
+from bench.inference import semantic_from_proposals
+from bench.memory import Memory
+from bench.metrics import MeanIoU
+from bench.models import BaseSegmenter, DenseBackbone
+from bench.proposals import Proposer, pool_features
+from datamodules.vocabulary import Vocabulary
+
+
+def dense_batch(backbone: DenseBackbone, batch: list[dict[str, Any]]) -> torch.Tensor:
+    """float ``B×D×h×w`` features of a list of samples, each resized by the backbone's own transform."""
+    images = torch.stack([backbone.preprocess(s["image"]) for s in batch])
+    return backbone.dense_features(images)
+
+
+class ContinualSegmenter(L.LightningModule):
+    def __init__(self, base: BaseSegmenter, proposer: Proposer, embedder: DenseBackbone | None = None,
+                 memory: Memory | None = None, knn: KnnConfig | None = None) -> None:
+        super().__init__()
+        self.base, self.embedder, self.memory = base, embedder, memory
+        self.proposer, self.knn = proposer, knn or KnnConfig()
+        self.adapt_vocabulary: Vocabulary | None = None
+        self.eval_vocabularies: list[Vocabulary] = []
+        self.text: list[torch.Tensor] = []
+        self.metrics = torch.nn.ModuleList()
+        self.results: list[dict[str, torch.Tensor]] = []
+
+    # -- adapt: one pass, no gradients, ground-truth segments into the memory -------------------------------------
+    def begin_adapt(self, vocabulary: Vocabulary) -> None:
+        if self.memory is None or self.embedder is None:
+            raise RuntimeError("adapt needs a memory and an embedder")
+        self.adapt_vocabulary = vocabulary
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
+        assert self.adapt_vocabulary is not None and self.memory is not None
+        features = dense_batch(self.embedder, batch)
+        embeddings, names = [], []
+        for sample, feats in zip(batch, features):
+            classes, crowd = sample["segment_classes"], sample["segment_iscrowd"]
+            pooled = pool_features(feats, sample["segments"], len(classes))
+            keep = ~crowd & (torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:] > 0)
+            embeddings.append(F.normalize(pooled[keep], dim=1))
+            names += [self.adapt_vocabulary.classes[c] for c in classes[keep].tolist()]
+        if names:
+            self.memory.add(torch.cat(embeddings).float().cpu().numpy(), names)
+        return len(names)
+
+    # -- evaluate: every vocabulary seen so far, each with its own metric -----------------------------------------
+    def begin_eval(self, vocabularies: list[Vocabulary]) -> None:
+        self.eval_vocabularies = list(vocabularies)
+        self.text = [self.base.text_embeddings(list(v.classes)) for v in vocabularies]
+        self.metrics = torch.nn.ModuleList([MeanIoU(len(v)) for v in vocabularies])
+        self._luts = [self._memory_to_local(v) for v in vocabularies]
+
+    def _memory_to_local(self, vocabulary: Vocabulary) -> np.ndarray | None:
+        """Lookup table from memory class codes to local class ids of the vocabulary (-1 where absent)."""
+        if self.memory is None:
+            return None
+        local = {name: i for i, name in enumerate(vocabulary.classes)}
+        return np.array([local.get(n, -1) for n in self.memory.names] + [-1], dtype=np.int64)
+
+    def class_probabilities(self, label_map: torch.Tensor, base_feats: torch.Tensor,
+                            memory_feats: torch.Tensor | None, task: int) -> torch.Tensor:
+        """float ``Q×C`` class distribution of each proposal of one image, for vocabulary ``task``."""
+        num = int(label_map.max()) if label_map.numel() else 0
+        pooled = F.normalize(pool_features(base_feats, label_map, num), dim=1)
+        probs = torch.softmax(self.base.logit_scale * pooled @ self.text[task].T.to(pooled), dim=1)
+        if memory_feats is None or self.memory is None:
+            return probs
+        queries = F.normalize(pool_features(memory_feats, label_map, num), dim=1)
+        vocabulary = self.eval_vocabularies[task]
+        scores, ids = self.memory.search(queries.float().cpu().numpy(), self.knn.k, allowed=vocabulary.classes)
+        local = torch.from_numpy(self._luts[task][self.memory.label_codes(ids)])
+        p_ret, confidence = retrieval_distribution(torch.from_numpy(scores).to(probs), local.to(probs.device),
+                                                   len(vocabulary), self.knn.temperature)
+        return fuse(probs, p_ret, confidence, self.knn.threshold, self.knn.lam)
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> None:
+        base_feats = dense_batch(self.base, batch)
+        memory_feats = dense_batch(self.embedder, batch) if self.memory is not None else None
+        for i, sample in enumerate(batch):
+            label_map = self.proposer(sample).to(base_feats.device)
+            probs = self.class_probabilities(label_map, base_feats[i],
+                                             None if memory_feats is None else memory_feats[i], dataloader_idx)
+            self.metrics[dataloader_idx].update(semantic_from_proposals(label_map, probs), sample["semantic"])
+
+    def on_test_epoch_end(self) -> None:
+        self.results = [m.compute() for m in self.metrics]

@@ -1,0 +1,165 @@
+"""Run flow: for each task, adapt once, save the memory, evaluate every task seen so far, record R[t][j]."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import continual
+from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict
+from bench.errors import ConfigError
+from bench.io import atomic_write_json, atomic_write_text
+from bench.methods import Method, get_method
+from bench.results import RECORD_VERSION, format_matrix, git_commit, load_record, package_versions
+from datamodules.sequence import SequenceSpec, load_sequence
+
+log = logging.getLogger("bench")
+
+
+def build_config(args: list[str]) -> tuple[RunConfig, SequenceSpec]:
+    """Defaults, then the sequence YAML's ``defaults``, then ``key=value`` arguments."""
+    overrides = parse_overrides(args)
+    cfg = RunConfig()
+    for key in ("SEQ", "sequence"):
+        if key in overrides:
+            set_value(cfg, key, overrides[key])
+    spec = load_sequence(cfg.sequence)
+    apply_mapping(cfg, spec.defaults)
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    get_method(cfg.method)
+    return cfg, spec
+
+
+def run_dir(cfg: RunConfig, spec: SequenceSpec) -> Path:
+    run_id = cfg.run_id or f"{cfg.model.name}-{config_hash(cfg)}"
+    return Path(cfg.output_dir) / spec.name / cfg.method / run_id
+
+
+def _percent(x: torch.Tensor) -> float | None:
+    value = float(x) * 100.0
+    return None if math.isnan(value) else round(value, 4)
+
+
+def _trainer(cfg: RunConfig) -> Any:
+    import lightning as L
+
+    # Lightning's start-up notes (no GPU, tips) repeat for every step; keep the output to what the run says.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, enable_progress_bar=cfg.progress)
+
+
+def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> dict[str, Any]:
+    tasks = [t.name for t in spec.tasks]
+    return {
+        "record_version": RECORD_VERSION, "sequence": spec.name, "method": method.name,
+        "model": {"name": cfg.model.name, "pretrained": base.tag, "identity": base.identity,
+                  "weights": "random-init, not pretrained" if base.tag == "random-init" else "pretrained"},
+        "embedder": embedder.identity if embedder is not None else None,
+        "tasks": tasks, "vocabulary_sizes": [len(t.vocabulary) for t in spec.tasks],
+        "steps_done": 0, "complete": False,
+        "matrix": {"miou": [[None] * len(tasks) for _ in tasks]},
+        "summary": {}, "per_class_iou": [], "memory_size": [],
+        "config": to_dict(cfg), "config_hash": config_hash(cfg), "seed": cfg.seed,
+        "versions": package_versions(), "git_commit": git_commit(),
+        "timings": {"steps": []},
+    }
+
+
+def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
+    """Run (or resume) a sequence; returns the record, also written to ``<run dir>/record.json``."""
+    import lightning as L
+
+    from bench.memory import Memory
+    from bench.models import build_base, build_embedder
+    from bench.module import ContinualSegmenter
+    from bench.proposals import build_proposer
+    from datamodules.sequence import SequenceDataModule
+
+    method = get_method(cfg.method)
+    out = run_dir(cfg, spec)
+    record_path = out / "record.json"
+    previous = load_record(record_path) if record_path.exists() else None
+    if previous is not None and previous.get("config_hash") != config_hash(cfg):
+        raise ConfigError(f"{out} holds a run with another config (hash {previous.get('config_hash')}, this one "
+                          f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
+    if previous is not None and previous["complete"]:
+        print(f"already complete: {record_path}")
+        print(format_matrix(previous))
+        return previous
+
+    L.seed_everything(cfg.seed, verbose=False)
+    start = time.perf_counter()
+    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed)
+    embedder = None
+    if method.uses_memory:
+        embedder = build_embedder(cfg.embedder.kind, base, cfg.embedder.name, image_size=cfg.embedder.image_size
+                                  or None, seed=cfg.model.seed)
+    record = previous or new_record(cfg, spec, method, base, embedder)
+    record["git_commit"], record["versions"] = git_commit(), package_versions()
+    record["timings"]["model_load_s"] = round(time.perf_counter() - start, 3)
+    first = record["steps_done"]
+    memory = None
+    if method.uses_memory:
+        memory = (Memory.load(out / "memory" / f"step-{first}", embedder.identity, embedder.dim) if first
+                  else Memory(embedder.dim, embedder.identity))
+    if first:
+        print(f"resuming {out} after step {first} of {len(spec.tasks)}")
+    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
+    module = ContinualSegmenter(base, proposer, embedder, memory, cfg.knn)
+    dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
+                            cfg.eval_limit)
+    last = len(spec.tasks) if not cfg.max_steps else min(len(spec.tasks), first + cfg.max_steps)
+    for t in range(first, last):
+        _step(cfg, spec, method, module, dm, t, record, out)
+    if record["steps_done"] == len(spec.tasks):
+        record["complete"] = True
+        atomic_write_json(record_path, record)
+        atomic_write_text(out / "table.txt", format_matrix(record) + "\n")
+    print(format_matrix(record))
+    print(f"record: {record_path}")
+    return record
+
+
+def _step(cfg: RunConfig, spec: SequenceSpec, method: Method, module: Any, dm: Any, t: int,
+          record: dict[str, Any], out: Path) -> None:
+    task = spec.tasks[t]
+    print(f"step {t + 1}/{len(spec.tasks)}: adapt to {task.name!r} ({len(task.vocabulary)} classes)")
+    dm.set_step(t)
+    timing: dict[str, Any] = {"step": t + 1}
+    tick = time.perf_counter()
+    if method.uses_memory:
+        module.begin_adapt(task.vocabulary)
+        added = _trainer(cfg).predict(module, datamodule=dm, return_predictions=True)
+        timing["adapt_images"] = len(dm.adapt_dataset(t))
+        timing["memory_added"] = int(sum(added))
+        module.memory.save(out / "memory" / f"step-{t + 1}")
+        record["memory_size"].append(len(module.memory))
+    timing["adapt_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
+    module.begin_eval([spec.tasks[j].vocabulary for j in range(t + 1)])
+    _trainer(cfg).test(module, datamodule=dm, verbose=False)
+    timing["eval_s"] = round(time.perf_counter() - tick, 3)
+    timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
+
+    row = record["matrix"]["miou"][t]
+    per_class = {}
+    for j, result in enumerate(module.results):
+        row[j] = _percent(result["miou"])
+        names = spec.tasks[j].vocabulary.classes
+        per_class[spec.tasks[j].name] = {n: _percent(v) for n, v in zip(names, result["per_class_iou"])}
+    record["per_class_iou"].append(per_class)
+    record["timings"]["steps"].append(timing)
+    record["steps_done"] = t + 1
+    record["summary"]["miou"] = continual.summarize(record["matrix"]["miou"][: t + 1])
+    atomic_write_json(out / "record.json", record)

@@ -1,0 +1,204 @@
+"""Reader for the COCO panoptic format.
+
+Layout under ``root`` (templates formatted with the split, defaults as in real COCO)::
+
+    {split}/                          images; ``images[*].file_name`` in the json (``.jpg`` in COCO)
+    panoptic_{split}/                 panoptic PNGs; ``annotations[*].file_name``; id = R + 256·G + 256²·B
+    annotations/panoptic_{split}.json images, annotations (segments_info) and categories
+
+Categories are matched to the task vocabulary by NAME, so one json serves every class subset of a dataset:
+segments of a category outside the vocabulary become ignore (255) in ``semantic`` and are left out of the
+segment list.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.registry import register_reader
+from datamodules.vocabulary import Vocabulary
+
+# PIL signals bad files with several exception types depending on the plugin and the stage of decoding.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    id: int
+    local_class: int | None  # None: category not in the vocabulary
+    iscrowd: bool
+
+
+@dataclass(frozen=True)
+class _Record:
+    image_path: Path
+    png_path: Path
+    size: tuple[int, int] | None  # (H, W) from the json, when given
+    segments: tuple[_Segment, ...]
+
+
+def _layout(root: Path, image_dir: str, panoptic_dir: str, json: str) -> str:
+    return f"expected the COCO panoptic layout {root}/{{{image_dir}/, {panoptic_dir}/, {json}}}"
+
+
+def load_panoptic_json(path: Path, layout: str) -> dict[str, Any]:
+    """The parsed annotation file, with its three top-level lists checked."""
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file missing; {layout}")
+    try:
+        doc = jsonlib.loads(path.read_text(encoding="utf-8"))
+    except jsonlib.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}); "
+                        "the file may be truncated") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read annotation file ({e})") from e
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise DataError(f"{path}: field {key!r} missing or not a list; "
+                            "expected COCO panoptic annotations")
+    return doc
+
+
+def _load_rgb(path: Path, what: str, modes: tuple[str, ...] | None = None) -> np.ndarray:
+    """An H×W×3 uint8 array; ``modes`` restricts the PNG modes accepted (panoptic ids need true RGB)."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} missing")
+    try:
+        with Image.open(path) as im:
+            mode, rgb = im.mode, np.asarray(im.convert("RGB"))
+    except _PIL_ERRORS as e:
+        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+    if modes is not None and mode not in modes:
+        raise DataError(f"{path}: {what} has mode {mode}; expected an RGB PNG with "
+                        "segment id = R + 256·G + 256²·B")
+    return rgb
+
+
+def decode_panoptic_ids(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic id map from an H×W×3 PNG array: id = R + 256·G + 256²·B."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def encode_panoptic_ids(ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`decode_panoptic_ids` (for writers and test fixtures)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+@register_reader("coco_panoptic")
+class CocoPanopticReader:
+    """One split of a COCO-panoptic-format dataset, read one sample at a time.
+
+    ``limit`` keeps the first N annotations (None or 0 = all, as in the sequence YAML).
+    """
+
+    def __init__(self, root: Path, split: str, vocabulary: Vocabulary, image_dir: str = "{split}",
+                 panoptic_dir: str = "panoptic_{split}", json: str = "annotations/panoptic_{split}.json",
+                 limit: int | None = None) -> None:
+        self.root, self.split, self.vocabulary = Path(root), split, vocabulary
+        image_dir, panoptic_dir, json = (t.format(split=split) for t in (image_dir, panoptic_dir, json))
+        layout = _layout(self.root, image_dir, panoptic_dir, json)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
+        self.image_dir, self.panoptic_dir = self.root / image_dir, self.root / panoptic_dir
+        self.json_path = self.root / json
+        for folder, what in ((self.image_dir, "image folder"), (self.panoptic_dir, "panoptic PNG folder")):
+            if not folder.is_dir():
+                raise DataError(f"{folder}: {what} missing; {layout}")
+        doc = load_panoptic_json(self.json_path, layout)
+        try:
+            self._records = self._index(doc)
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{self.json_path}: malformed entry (missing or wrong field {e}); "
+                            "expected COCO panoptic annotations") from e
+        if limit:
+            self._records = self._records[:limit]
+
+    def _index(self, doc: dict[str, Any]) -> list[_Record]:
+        """Per-annotation records in json order; metadata only, no image is opened."""
+        local = {int(c["id"]): (self.vocabulary.classes.index(c["name"])
+                                if c["name"] in self.vocabulary.classes else None)
+                 for c in doc["categories"]}
+        images = {int(im["id"]): im for im in doc["images"]}
+        records = []
+        for ann in doc["annotations"]:
+            image = images.pop(int(ann["image_id"]), None)
+            if image is None:
+                raise DataError(f"{self.json_path}: annotation {ann['file_name']!r} refers to image id "
+                                f"{ann['image_id']}, which is not in 'images' or has another annotation")
+            records.append(self._record(image, ann, local))
+        if images:  # those left had no annotation
+            image_id, image = next(iter(images.items()))
+            raise DataError(f"{self.json_path}: image {image['file_name']!r} (id {image_id}) has no "
+                            "entry in 'annotations'; expected one panoptic annotation per image")
+        return records
+
+    def _record(self, image: dict[str, Any], ann: dict[str, Any], local: dict[int, int | None]) -> _Record:
+        segments = []
+        for s in ann["segments_info"]:
+            if int(s["category_id"]) not in local:
+                raise DataError(f"{self.json_path}: image {image['file_name']!r}: segment {s['id']} has "
+                                f"category_id {s['category_id']}, which is not in 'categories'")
+            segments.append(_Segment(int(s["id"]), local[int(s["category_id"])], bool(s.get("iscrowd", 0))))
+        size = (int(image["height"]), int(image["width"])) if {"height", "width"} <= image.keys() else None
+        return _Record(self.image_dir / image["file_name"], self.panoptic_dir / ann["file_name"], size,
+                       tuple(segments))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.json_path}")
+        rec = self._records[index]
+        image = _load_rgb(rec.image_path, "image")
+        pan = _load_rgb(rec.png_path, "panoptic PNG", modes=("RGB", "RGBA"))
+        h, w = image.shape[:2]
+        if pan.shape != image.shape:
+            raise DataError(f"{rec.png_path}: panoptic PNG is {pan.shape[1]}×{pan.shape[0]} (W×H) but "
+                            f"image {rec.image_path} is {w}×{h}; expected the same size")
+        if rec.size is not None and rec.size != (h, w):
+            raise DataError(f"{rec.image_path}: image is {w}×{h} (W×H) but {self.json_path} gives "
+                            f"{rec.size[1]}×{rec.size[0]}")
+        segments, semantic, classes, crowd = self._maps(decode_panoptic_ids(pan), rec)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "semantic": torch.from_numpy(semantic),
+            "segments": torch.from_numpy(segments),
+            "segment_classes": torch.tensor(classes, dtype=torch.int64),
+            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
+            "meta": {"dataset": self.root.name, "file_id": rec.image_path.stem, "source": str(rec.image_path),
+                     "size": (h, w)},
+        }
+
+    def _maps(self, ids: np.ndarray, rec: _Record) -> tuple[np.ndarray, np.ndarray, list[int], list[bool]]:
+        """Segment map (1-based, kept segments only), semantic map and per-segment class / iscrowd.
+
+        Works on the unique ids and maps back with the inverse index, so the cost is one np.unique per image.
+        """
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        info = {s.id: s for s in rec.segments}
+        for uid in uniq.tolist():
+            if uid != 0 and uid not in info:
+                raise DataError(f"{rec.png_path}: segment id {uid} is in the PNG but not in segments_info "
+                                f"of its annotation in {self.json_path}")
+        present = set(uniq.tolist())
+        # Segments with no pixel are skipped: an empty mask is neither a proposal nor matchable ground truth.
+        kept = [s for s in rec.segments if s.local_class is not None and s.id in present and s.id != 0]
+        seg_of = {s.id: k for k, s in enumerate(kept, 1)}
+        seg_lut = np.array([seg_of.get(u, 0) for u in uniq.tolist()], dtype=np.int64)
+        cls_lut = np.array([kept[seg_of[u] - 1].local_class if u in seg_of else IGNORE_INDEX
+                            for u in uniq.tolist()], dtype=np.int64)
+        inverse = inverse.reshape(ids.shape)
+        return seg_lut[inverse], cls_lut[inverse], [s.local_class for s in kept], [s.iscrowd for s in kept]

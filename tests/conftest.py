@@ -1,0 +1,10 @@
+"""Test set-up: offline, a private cache, quiet logs. Slow tests are marked and left out of `make test`."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Generated data is shared across tests (and across runs, in CI's workspace); text embeddings too.
+os.environ.setdefault("BENCH_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache"))
