@@ -53,7 +53,8 @@ def _fmt(value: float | None, width: int) -> str:
         return "-".rjust(width)
     if isinstance(value, float) and math.isnan(value):
         return "nan".rjust(width)
-    return f"{value:.1f}".rjust(width)
+    text = f"{value:.1f}"
+    return (text[1:] if text == "-0.0" else text).rjust(width)
 
 
 def format_matrix(record: dict[str, Any], metric: str = "miou") -> str:

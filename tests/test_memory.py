@@ -69,5 +69,5 @@ def test_load_with_other_embedder_or_dim_names_both(tmp_path):
         Memory.load(tmp_path / "m", "timm:vit_small_patch14_dinov2/pretrained@224", 384)
     assert "open_clip:ViT-B-16/openai:tokens" in str(err.value)
     assert "timm:vit_small_patch14_dinov2/pretrained@224" in str(err.value)
-    with pytest.raises(MemoryMismatchError, match="dim 32.*dim 64"):
+    with pytest.raises(MemoryMismatchError, match=r"dim 32.*dim 64"):
         Memory.load(tmp_path / "m", "open_clip:ViT-B-16/openai:tokens", 64)

@@ -1,0 +1,109 @@
+"""End-to-end runs on the embedded sequence: kNN vs zero-shot, no forgetting, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.module import ContinualSegmenter
+from bench.run import build_config, run
+
+REQUIRED_KEYS = ("sequence", "method", "model", "tasks", "matrix", "summary", "per_class_iou", "config", "seed",
+                 "versions", "git_commit", "timings")
+
+
+def _run(out: Path, *args: str) -> dict[str, Any]:
+    cfg, spec = build_config([f"output_dir={out}", "progress=false", *args])
+    return run(cfg, spec)
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without what legitimately differs between two runs of the same config."""
+    out = {k: v for k, v in record.items() if k not in ("timings", "git_commit", "versions")}
+    out["config"] = {k: v for k, v in record["config"].items() if k not in ("output_dir", "max_steps")}
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("runs")
+    return {m: _run(out, f"METHOD={m}") for m in ("knn", "zeroshot")}
+
+
+def test_record_has_the_contract_keys_and_is_on_disk(full_runs):
+    record = full_runs["knn"]
+    for key in REQUIRED_KEYS:
+        assert key in record, key
+    assert record["tasks"] == ["park", "beach", "city"]
+    assert record["model"]["name"] == "tiny-random" and "random-init" in record["model"]["weights"]
+    matrix = record["matrix"]["miou"]
+    assert all(matrix[t][j] is None for t in range(3) for j in range(3) if j > t)
+    assert all(0 <= matrix[t][j] <= 100 for t in range(3) for j in range(3) if j <= t)
+    path = Path(record["config"]["output_dir"]) / "synth" / "knn"
+    on_disk = json.loads(next(path.glob("*/record.json")).read_text())
+    assert on_disk["matrix"] == record["matrix"] and on_disk["complete"]
+    assert set(record["per_class_iou"][-1]) == {"park", "beach", "city"}
+    assert record["memory_size"][0] < record["memory_size"][1] < record["memory_size"][2]
+
+
+def test_knn_beats_zeroshot_and_does_not_forget(full_runs):
+    knn, zeroshot = (full_runs[m]["matrix"]["miou"] for m in ("knn", "zeroshot"))
+    knn_final = full_runs["knn"]["summary"]["miou"]["final_average"]
+    zs_final = full_runs["zeroshot"]["summary"]["miou"]["final_average"]
+    assert knn_final > zs_final + 5, (knn_final, zs_final)
+    last = len(knn) - 1
+    for j in range(len(knn)):
+        assert knn[last][j] >= knn[j][j] - 0.5, (j, knn)
+    # zero-shot never changes: every row repeats the diagonal
+    assert all(zeroshot[t][j] == zeroshot[j][j] for t in range(3) for j in range(t + 1))
+
+
+SMALL = ("adapt_limit=16", "eval_limit=6")
+
+
+def test_same_seed_same_record(tmp_path):
+    a = _run(tmp_path / "a", *SMALL)
+    b = _run(tmp_path / "b", *SMALL)
+    assert _comparable(a) == _comparable(b)
+
+
+def test_interrupted_run_resumes_at_the_next_step(tmp_path, monkeypatch):
+    reference = _run(tmp_path / "ref", *SMALL)
+
+    adapted: list[str] = []
+    original = ContinualSegmenter.begin_adapt
+
+    def spy(self, vocabulary):
+        adapted.append(vocabulary.name)
+        if vocabulary.name == "beach" and crash["on"]:
+            raise KeyboardInterrupt("killed during step 2")
+        return original(self, vocabulary)
+
+    crash = {"on": True}
+    monkeypatch.setattr(ContinualSegmenter, "begin_adapt", spy)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", *SMALL)
+    assert adapted == ["park", "beach"]
+    record_path = next((tmp_path / "cut").glob("synth/knn/*/record.json"))
+    partial = json.loads(record_path.read_text())
+    assert partial["steps_done"] == 1 and not partial["complete"]
+    assert (record_path.parent / "memory" / "step-1" / "index.faiss").exists()
+    assert not (record_path.parent / "memory" / "step-2").exists()
+
+    crash["on"] = False
+    adapted.clear()
+    resumed = _run(tmp_path / "cut", *SMALL)
+    assert adapted == ["beach", "city"]  # step 1 was not recomputed
+    assert _comparable(resumed) == _comparable(reference)
+
+
+def test_max_steps_stops_and_the_same_command_resumes(tmp_path):
+    partial = _run(tmp_path, *SMALL, "max_steps=1", "METHOD=zeroshot")
+    assert partial["steps_done"] == 1 and partial["matrix"]["miou"][1] == [None, None, None]
+    final = _run(tmp_path, *SMALL, "METHOD=zeroshot")
+    assert final["complete"] and final["matrix"]["miou"][0] == partial["matrix"]["miou"][0]
+    again = _run(tmp_path, *SMALL, "METHOD=zeroshot")  # complete: nothing recomputed
+    assert again["timings"] == final["timings"]
