@@ -5,8 +5,6 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 OVERRIDES := $(MAKEOVERRIDES)
 

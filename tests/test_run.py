@@ -107,3 +107,21 @@ def test_max_steps_stops_and_the_same_command_resumes(tmp_path):
     assert final["complete"] and final["matrix"]["miou"][0] == partial["matrix"]["miou"][0]
     again = _run(tmp_path, *SMALL, "METHOD=zeroshot")  # complete: nothing recomputed
     assert again["timings"] == final["timings"]
+
+
+def test_dinov2_embedder_and_gt_proposals_run_end_to_end(tmp_path):
+    record = _run(tmp_path, *SMALL, "EMBEDDER=dinov2", "embedder.name=dinov2-tiny-random", "PROPOSALS=gt")
+    assert record["embedder"] == "timm:dinov2-tiny-random/random-init(seed=0)@126"
+    assert record["config"]["proposals"]["kind"] == "gt"
+    memory = next(tmp_path.glob("synth/knn/*/memory/step-3/meta.json")).read_text()
+    assert '"dim": 32' in memory and "dinov2-tiny-random" in memory
+    assert record["complete"] and record["matrix"]["miou"][2][0] is not None
+
+
+def test_resuming_with_another_embedder_refuses_the_saved_memory(tmp_path):
+    first = _run(tmp_path, *SMALL, "max_steps=1", "RUN_ID=shared")
+    assert first["steps_done"] == 1
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="another config"):
+        _run(tmp_path, *SMALL, "RUN_ID=shared", "EMBEDDER=dinov2", "embedder.name=dinov2-tiny-random")

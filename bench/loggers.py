@@ -1,0 +1,273 @@
+"""Lightning loggers for a run: CSV always, W&B online with a login and offline without one.
+
+W&B must never cost a run: no prompt, no blocking on the network when there is no login, and any exception
+from wandb turns into a warning after which the run goes on with the CSV logger alone. An offline W&B run
+lies in ``<run dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+
+Call order from a run: ``make_loggers`` once, ``log_results`` after each step, ``log_final`` when the run is
+complete, ``finish`` always (in a ``finally``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import netrc
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("bench")
+
+WANDB_PROJECT = "knnclip-bench"
+_OFF_MODES = ("offline", "disabled", "dryrun")
+
+
+def _wandb_hosts(env: Mapping[str, str]) -> set[str]:
+    if env.get("WANDB_BASE_URL"):
+        return {urlsplit(env["WANDB_BASE_URL"]).netloc}
+    hosts = {"api.wandb.ai"}
+    try:  # recent wandb releases default to another host that accepts the same keys
+        from wandb.sdk.lib.urls import DEFAULT_BASE_URL
+
+        hosts.add(urlsplit(DEFAULT_BASE_URL).netloc)
+    except Exception:
+        pass
+    return hosts
+
+
+def wandb_login_configured(env: Mapping[str, str] | None = None) -> bool:
+    """True when W&B credentials exist without asking anyone: ``WANDB_API_KEY``, or a netrc entry (``$NETRC``
+    or ``~/.netrc``) for the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY", "").strip():
+        return True
+    path = Path(env["NETRC"]) if env.get("NETRC") else Path(env.get("HOME") or Path.home()) / ".netrc"
+    try:
+        entries = netrc.netrc(str(path))
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return any((entry := entries.authenticators(host)) and entry[2] for host in _wandb_hosts(env))
+
+
+def wandb_mode(env: Mapping[str, str] | None = None) -> str:
+    """``online`` only with a login and WANDB_MODE not offline/disabled; ``disabled`` when asked for, else
+    ``offline``."""
+    env = os.environ if env is None else env
+    asked = env.get("WANDB_MODE", "").strip().lower()
+    if asked == "disabled":
+        return "disabled"
+    if asked in _OFF_MODES or not wandb_login_configured(env):
+        return "offline"
+    return "online"
+
+
+def _wandb_run_id(run_dir: Path, sequence: str, method: str, run_id: str) -> str:
+    """Stable for one run folder, so a resumed run continues the same W&B run."""
+    key = f"{sequence}\0{method}\0{run_id}\0{run_dir.resolve()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _is_wandb(logger: Any) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
+def _drop_on_error(loggers: list[Any], logger: Any, what: str, fn: Callable[[], Any]) -> None:
+    """Run ``fn``; if W&B fails, warn, close that logger as well as it can and remove it from ``loggers``."""
+    try:
+        fn()
+    except Exception as e:
+        if not _is_wandb(logger):
+            raise
+        warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing with the CSV log only",
+                      RuntimeWarning, stacklevel=3)
+        try:
+            logger.experiment.finish(exit_code=1)
+        except Exception:  # already broken; nothing more to save
+            pass
+        if logger in loggers:
+            loggers.remove(logger)
+
+
+def make_loggers(run_dir: Path, sequence: str, method: str, run_id: str, config: dict[str, Any], *,
+                 use_wandb: bool = True) -> list[Any]:
+    """``[CSVLogger, WandbLogger]`` for a run (the W&B one left out when it cannot start or
+    ``use_wandb=False``). CSV: ``<run_dir>/logs/version_<n>/metrics.csv`` (a new version per resume) and
+    ``hparams.yaml``. W&B: project knnclip-bench, group = sequence, name = ``method/run_id``, files under
+    ``<run_dir>/wandb``; online only with a login (see ``wandb_mode``)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    run_dir = Path(run_dir)
+    csv_logger = CSVLogger(save_dir=str(run_dir), name="logs")
+    csv_logger.log_hyperparams(config)
+    loggers: list[Any] = [csv_logger]
+    mode = wandb_mode()
+    if not use_wandb or mode == "disabled":
+        return loggers
+    try:
+        loggers.append(_make_wandb(run_dir, sequence, method, run_id, config, mode))
+    except Exception as e:
+        warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); continuing with the CSV log only",
+                      RuntimeWarning, stacklevel=2)
+    return loggers
+
+
+def _make_wandb(run_dir: Path, sequence: str, method: str, run_id: str, config: dict[str, Any], mode: str) -> Any:
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(mode=mode, silent=True, console="off", save_code=False, disable_git=True,
+                              x_save_requirements=False, init_timeout=60)
+    # wandb.init here rather than inside WandbLogger: a failure stays within make_loggers' guard, and
+    # "create_new" leaves any other W&B run of the process alone.
+    run = wandb.init(project=WANDB_PROJECT, group=sequence, name=f"{method}/{run_id}", job_type=method,
+                     tags=[sequence, method], id=_wandb_run_id(run_dir, sequence, method, run_id),
+                     resume="allow", reinit="create_new", config=config, dir=str(run_dir), mode=mode,
+                     settings=settings)
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return WandbLogger(experiment=run, save_dir=str(run_dir), project=WANDB_PROJECT, name=f"{method}/{run_id}")
+
+
+def _clean(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def step_metrics(record: Mapping[str, Any], step: int) -> dict[str, float]:
+    """Scalars of row ``step`` (1-based) of every metric: ``<metric>/<task>`` for the tasks seen,
+    ``<metric>/average`` over them, plus ``memory_size`` and the step's times when recorded."""
+    tasks, t = record["tasks"], step - 1
+    out: dict[str, float] = {}
+    for metric, rows in (record.get("matrix") or {}).items():
+        if t >= len(rows):
+            continue
+        seen = [_clean(v) for v in rows[t][: t + 1]]
+        for task, v in zip(tasks, seen):
+            if v is not None:
+                out[f"{metric}/{task}"] = v
+        if seen and all(v is not None for v in seen):
+            out[f"{metric}/average"] = math.fsum(seen) / len(seen)  # type: ignore[arg-type]
+    sizes = record.get("memory_size") or []
+    if t < len(sizes):
+        out["memory_size"] = float(sizes[t])
+    timing = next((s for s in (record.get("timings") or {}).get("steps", []) if s.get("step") == step), {})
+    for key in ("adapt_s", "eval_s"):
+        if timing.get(key) is not None:
+            out[f"time/{key}"] = float(timing[key])
+    return out
+
+
+def summary_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """``<metric>/<summary>`` for final average, average incremental, mean forgetting, BWT, and
+    ``<metric>/forgetting/<task>``; plus the final memory size and total times."""
+    out: dict[str, float] = {}
+    for metric, s in (record.get("summary") or {}).items():
+        for key in ("final_average", "average_incremental", "mean_forgetting", "bwt"):
+            v = _clean(s.get(key))
+            if v is not None:
+                out[f"{metric}/{key}"] = v
+        for task, f in zip(record["tasks"], s.get("forgetting") or []):
+            if _clean(f) is not None:
+                out[f"{metric}/forgetting/{task}"] = float(f)
+    sizes = record.get("memory_size") or []
+    if sizes:
+        out["memory_size"] = float(sizes[-1])
+    steps = (record.get("timings") or {}).get("steps", [])
+    for key in ("adapt_s", "eval_s"):
+        values = [s[key] for s in steps if s.get(key) is not None]
+        if values:
+            out[f"time/{key}_total"] = math.fsum(values)
+    return out
+
+
+def log_results(loggers: list[Any], record: Mapping[str, Any], step: int | None = None) -> None:
+    """Log the scalars of the row just filled (``step``, 1-based, default ``record["steps_done"]``) to
+    every logger; the CSV file is flushed at once so a crash loses nothing logged."""
+    step = int(record.get("steps_done", 0)) if step is None else step
+    if step < 1:
+        return
+    metrics = step_metrics(record, step)
+    for logger in list(loggers):
+        if _is_wandb(logger):
+            _drop_on_error(loggers, logger, "log", lambda lg=logger: lg.experiment.log({**metrics, "step": step}))
+        else:
+            logger.log_metrics(metrics, step=step)
+            logger.save()
+
+
+def _matrix_rows(record: Mapping[str, Any], metric: str) -> list[list[Any]]:
+    tasks = record["tasks"]
+    return [[f"{t + 1} {tasks[t]}", *(_clean(v) for v in row)] for t, row in enumerate(record["matrix"][metric])]
+
+
+def _per_class_rows(record: Mapping[str, Any]) -> list[list[Any]]:
+    rows = []
+    for t, per_task in enumerate(record.get("per_class_iou") or []):
+        for task, classes in per_task.items():
+            rows += [[t + 1, task, name, _clean(iou)] for name, iou in classes.items()]
+    return rows
+
+
+def _log_final_wandb(logger: Any, record: Mapping[str, Any], heatmap_png: Path | Mapping[str, Path] | None,
+                     memory_dir: Path | None) -> None:
+    import wandb
+
+    run = logger.experiment
+    payload: dict[str, Any] = {}
+    for metric in record.get("matrix") or {}:
+        payload[f"result_matrix/{metric}"] = wandb.Table(columns=["after step", *record["tasks"]],
+                                                         data=_matrix_rows(record, metric))
+    per_class = _per_class_rows(record)
+    if per_class:
+        payload["per_class_iou"] = wandb.Table(columns=["step", "task", "class", "iou"], data=per_class)
+    pngs = {"miou": heatmap_png} if isinstance(heatmap_png, (str, Path)) else dict(heatmap_png or {})
+    for metric, png in pngs.items():
+        if png is not None and Path(png).is_file():
+            payload[f"heatmap/{metric}"] = wandb.Image(str(png), caption=f"R[t][j], {metric}")
+    run.log(payload)
+    run.summary.update({**summary_metrics(record), "steps_done": int(record.get("steps_done", 0)),
+                        "complete": bool(record.get("complete"))})
+    if memory_dir is not None and Path(memory_dir).is_dir():
+        artifact = wandb.Artifact(name=f"memory-{logger.experiment.id}", type="memory",
+                                  metadata={"sequence": record["sequence"], "method": record["method"],
+                                            "memory_size": (record.get("memory_size") or [None])[-1]})
+        artifact.add_dir(str(memory_dir))
+        run.log_artifact(artifact)
+
+
+def log_final(loggers: list[Any], record: Mapping[str, Any],
+              heatmap_png: Path | Mapping[str, Path] | None = None, *, memory_dir: Path | None = None,
+              log_memory: bool = False) -> None:
+    """At the end of a run: to W&B the result matrix per metric (``wandb.Table``), the per-class IoU table
+    (step, task, class, iou), the heatmap image(s) made by ``bench.report.heatmap`` (one path = mIoU, or
+    ``{metric: path}``), and the summary metrics into ``run.summary``; with ``log_memory`` the memory folder
+    (``memory_dir``, e.g. ``<run dir>/memory/step-<T>``) as an artifact. To CSV the same summary scalars as
+    one more row at ``step = steps_done``."""
+    summary = summary_metrics(record)
+    step = int(record.get("steps_done", 0))
+    memory = memory_dir if log_memory else None
+    for logger in list(loggers):
+        if _is_wandb(logger):
+            _drop_on_error(loggers, logger, "final log",
+                           lambda lg=logger: _log_final_wandb(lg, record, heatmap_png, memory))
+        elif summary:
+            logger.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=step)
+            logger.save()
+
+
+def finish(loggers: list[Any], success: bool = True) -> None:
+    """Flush the CSV log and close the W&B run (exit code 1 when ``success`` is False). Never raises for W&B."""
+    for logger in list(loggers):
+        if _is_wandb(logger):
+            def close(lg: Any = logger) -> None:
+                lg.experiment.finish(exit_code=0 if success else 1)
+
+            _drop_on_error(loggers, logger, "finish", close)
+        else:
+            logger.finalize("success" if success else "failed")

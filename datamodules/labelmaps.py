@@ -1,0 +1,221 @@
+"""Semantic label-map datasets: one image file and one label image per sample, paired by file name.
+
+Shared by the ADE20K, ADE20K-847, PASCAL Context and Cityscapes readers, and registered on its own as
+``label_map`` for a user's dataset in the same shape::
+
+    {root}/{image_dir}/<stem>{image_ext}       images (any PIL format; ``{split}`` in a template is the split)
+    {root}/{label_dir}/<stem>{label_ext}       label maps: 8- or 16-bit single-channel PNG / TIFF
+
+A label value ``v`` becomes class ``v - offset`` of the task vocabulary (in file order); values listed in
+``ignore_values`` and values below ``offset`` become ignore. A value past the vocabulary is an error naming the
+file. Each class present becomes one segment (semantic data has no instances), never crowd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.registry import register_reader
+from datamodules.vocabulary import Vocabulary
+
+# PIL signals bad files with several exception types depending on the plugin and the stage of decoding.
+PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Label images must hold integer ids in one channel: palette PNGs (ADE, PASCAL) hold the index, not a colour.
+LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    """One path a reader needs, for ``bench data check``: where it is and what it holds."""
+
+    path: Path
+    what: str
+    kind: str = "dir"  # "dir" or "file"
+
+    def exists(self) -> bool:
+        return self.path.is_dir() if self.kind == "dir" else self.path.is_file()
+
+
+def load_rgb(path: Path, what: str = "image") -> np.ndarray:
+    """An ``H×W×3`` uint8 array; :class:`DataError` naming the file when it is missing or undecodable."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} missing")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except PIL_ERRORS as e:
+        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+
+
+def load_label_map(path: Path, what: str = "label map") -> np.ndarray:
+    """An ``H×W`` int64 array of the raw label values of a single-channel 8- or 16-bit image."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} missing")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in LABEL_MODES:
+                raise DataError(f"{path}: {what} has mode {im.mode}; expected a single-channel 8- or 16-bit "
+                                "image of class ids (mode L, P or I;16)")
+            return np.asarray(im).astype(np.int64)
+    except PIL_ERRORS as e:
+        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``3×H×W`` uint8 tensor from an ``H×W×3`` array."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    if image.shape[:2] != label.shape[:2]:
+        h, w = image.shape[:2]
+        raise DataError(f"{label_path}: label map is {label.shape[1]}×{label.shape[0]} (W×H) but image "
+                        f"{image_path} is {w}×{h}; expected the same size")
+
+
+def value_lut(num_values: int, offset: int, ignore_values: Iterable[int], num_classes: int) -> np.ndarray:
+    """Raw label value → local class id (``IGNORE_INDEX`` for ignore); values past the vocabulary map to -1."""
+    lut = np.arange(num_values, dtype=np.int64) - offset
+    lut[lut < 0] = IGNORE_INDEX
+    lut[lut >= num_classes] = -1
+    for v in ignore_values:
+        if 0 <= v < num_values:
+            lut[v] = IGNORE_INDEX
+    return lut
+
+
+def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
+    """Map raw values through ``lut``; a value outside it or mapped to -1 is a :class:`DataError`."""
+    if raw.size and (int(raw.min()) < 0 or int(raw.max()) >= len(lut)):
+        raise DataError(f"{path}: label value {int(raw.max())} is outside the {len(lut)} values expected")
+    out = lut[raw]
+    if bool((out < 0).any()):
+        value = int(raw[out < 0][0])
+        raise DataError(f"{path}: label value {value} maps past the {num_classes} classes of the vocabulary")
+    return out
+
+
+def class_segments(semantic: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """One segment per class present: (``H×W`` int64 segment map, 1-based; class of each segment)."""
+    classes = [c for c in np.unique(semantic).tolist() if c != IGNORE_INDEX]
+    seg_of = np.zeros(max(int(semantic.max(initial=0)), IGNORE_INDEX) + 1, dtype=np.int64)
+    for k, c in enumerate(classes, 1):
+        seg_of[c] = k
+    return seg_of[semantic], classes
+
+
+def semantic_sample(rgb: np.ndarray, semantic: np.ndarray, dataset: str, file_id: str,
+                    source: Path | str) -> dict[str, Any]:
+    """A contract sample from an image and a semantic map of local class ids, one segment per class."""
+    segments, classes = class_segments(semantic)
+    return {
+        "image": image_tensor(rgb),
+        "semantic": torch.from_numpy(semantic),
+        "segments": torch.from_numpy(segments),
+        "segment_classes": torch.tensor(classes, dtype=torch.int64),
+        "segment_iscrowd": torch.zeros(len(classes), dtype=torch.bool),
+        "meta": {"dataset": dataset, "file_id": file_id, "source": str(source), "size": tuple(rgb.shape[:2])},
+    }
+
+
+def pair_files(image_dir: Path, label_dir: Path, image_ext: str, label_ext: str,
+               label_suffix: str = "", image_suffix: str = "") -> list[tuple[Path, Path]]:
+    """Images in name order, each with its label file; an image without one is a :class:`DataError`.
+
+    ``image_suffix`` is stripped from the image stem and ``label_suffix`` appended to find the label
+    (Cityscapes: ``_leftImg8bit`` → ``_gtFine_labelIds``).
+    """
+    pairs = []
+    for image in sorted(image_dir.glob(f"*{image_suffix}{image_ext}")):
+        stem = image.name[: len(image.name) - len(image_suffix + image_ext)]
+        label = label_dir / f"{stem}{label_suffix}{label_ext}"
+        if not label.is_file():
+            raise DataError(f"{image}: image has no annotation; expected {label}")
+        pairs.append((image, label))
+    return pairs
+
+
+def require_dirs(entries: Sequence[LayoutEntry], layout: str) -> None:
+    """Raise :class:`DataError` for the first missing entry, naming it and the expected layout."""
+    for e in entries:
+        if not e.exists():
+            raise DataError(f"{e.path}: {e.what} missing; {layout}")
+
+
+def describe(entries: Sequence[LayoutEntry]) -> str:
+    return "expected " + ", ".join(f"{e.path}{'/' if e.kind == 'dir' else ''} ({e.what})" for e in entries)
+
+
+class LabelMapReader:
+    """Images paired with single-channel label maps by name; see the module docstring.
+
+    ``limit`` keeps the first N samples in name order (None or 0 = all).
+    """
+
+    #: split aliases (e.g. ``train`` → ``training``) applied before formatting the templates
+    split_aliases: dict[str, str] = {}
+    defaults: dict[str, Any] = {"image_dir": "images/{split}", "label_dir": "annotations/{split}",
+                                "image_ext": ".jpg", "label_ext": ".png", "offset": 0, "ignore_values": (255,)}
+    expected_classes: int | None = None  # the label space the preset is for, when it has one
+
+    def __init__(self, root: Path, split: str, vocabulary: Vocabulary, limit: int | None = None,
+                 **options: Any) -> None:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise DataError(f"{type(self).__name__}: unknown option(s) {sorted(unknown)}; "
+                            f"known: {sorted(self.defaults)}, limit")
+        opts = {**self.defaults, **options}
+        self.root, self.split, self.vocabulary = Path(root), self.split_aliases.get(split, split), vocabulary
+        self.offset, self.ignore_values = int(opts["offset"]), tuple(opts["ignore_values"])
+        self.image_ext, self.label_ext = opts["image_ext"], opts["label_ext"]
+        if self.expected_classes is not None and len(vocabulary) != self.expected_classes:
+            raise DataError(f"{type(self).__name__}: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; "
+                            f"this format's labels index {self.expected_classes} classes in dataset order")
+        entries = self.expected_layout(self.root, split, vocabulary, **options)
+        layout = describe(entries)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
+        require_dirs(entries, layout)
+        self.image_dir, self.label_dir = entries[0].path, entries[1].path
+        self._pairs = pair_files(self.image_dir, self.label_dir, self.image_ext, self.label_ext)
+        if not self._pairs:
+            raise DataError(f"{self.image_dir}: no '*{self.image_ext}' images; {layout}")
+        if limit:
+            self._pairs = self._pairs[:limit]
+        # 16-bit maps hold up to 65535; the table is small either way (65536 int64 = 512 KiB, built once).
+        self._lut = value_lut(65536, self.offset, self.ignore_values, len(vocabulary))
+
+    @classmethod
+    def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
+                        **options: Any) -> list[LayoutEntry]:
+        """The image folder, then the label folder, for ``split`` (templates formatted)."""
+        opts = {**cls.defaults, **options}
+        split = cls.split_aliases.get(split, split)
+        return [LayoutEntry(Path(root) / opts["image_dir"].format(split=split),
+                            f"image folder ('<name>{opts['image_ext']}')"),
+                LayoutEntry(Path(root) / opts["label_dir"].format(split=split),
+                            f"label folder ('<name>{opts['label_ext']}' per image)")]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.image_dir}")
+        image_path, label_path = self._pairs[index]
+        rgb = load_rgb(image_path)
+        raw = load_label_map(label_path)
+        check_same_size(rgb, raw, image_path, label_path)
+        semantic = apply_lut(raw, self._lut, label_path, len(self.vocabulary))
+        return semantic_sample(rgb, semantic, self.root.name, image_path.stem, image_path)
+
+
+register_reader("label_map")(LabelMapReader)
