@@ -9,11 +9,11 @@ export TOKENIZERS_PARALLELISM := false
 OVERRIDES := $(MAKEOVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench test test-all lint clean
+.PHONY: help install bench compare report reference regress test test-all lint clean
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: SEQ=<name|file.yaml> METHOD=knn|zeroshot MODEL=<open_clip name> PRETRAINED=<tag>"
+	@echo "  variables: SEQ=<name|file.yaml> METHOD=knn|zeroshot|finetune|replay|joint MODEL=<open_clip name> PRETRAINED=<tag>"
 	@echo "             DATA_ROOT=<dir>, and any config key, e.g. knn.k=32 proposals.kind=gt"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -27,6 +27,24 @@ install: $(STAMP)  ## create .venv and install the suite (fast when nothing chan
 
 bench: $(STAMP)  ## run a sequence: make bench [SEQ=synth] [METHOD=knn] [MODEL=tiny-random] [key=value ...]
 	$(PY) -m bench run $(OVERRIDES)
+
+compare: $(STAMP)  ## every method on one sequence, finished runs reused: make compare [SEQ=synth] [key=value ...]
+	$(PY) -m bench compare $(OVERRIDES)
+
+report: $(STAMP)  ## tables and plots from every record under results/runs into results/report and results/README.md
+	$(PY) -m bench report results/runs --out results/report --dashboard results/README.md
+
+reference: $(STAMP)  ## re-run the embedded sequence (knn, zeroshot) and overwrite the committed regression references
+	for m in knn zeroshot; do rm -rf results/runs/synth/$$m/reference; \
+	  $(PY) -m bench run SEQ=synth METHOD=$$m RUN_ID=reference progress=false $(OVERRIDES) && \
+	  $(PY) -m bench reference results/runs/synth/$$m/reference --out results/reference/synth-$$m.json || exit 1; \
+	done
+
+regress: $(STAMP)  ## run the embedded sequence (knn, zeroshot) and compare with the committed references
+	for m in knn zeroshot; do rm -rf results/runs/synth/$$m/ci; \
+	  $(PY) -m bench run SEQ=synth METHOD=$$m RUN_ID=ci progress=false $(OVERRIDES) && \
+	  $(PY) -m bench regress --reference results/reference/synth-$$m.json results/runs/synth/$$m/ci || exit 1; \
+	done
 
 test: $(STAMP)  ## run the tests (without those marked slow)
 	$(PY) -m pytest -m "not slow" -q

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from bench.errors import ConfigError, MemoryMismatchError
+from bench.evaluate import add_eval_commands
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -17,8 +19,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare
+
+    compare(args.overrides)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    written = build_report(args.run_dirs or ["results/runs"], args.out)
+    print(f"report of {len(written['records'])} runs: {written['summary_md']}")
+    if args.dashboard:
+        write_dashboard(Path(written["summary_md"]), Path(args.dashboard))
+        print(f"dashboard: {args.dashboard}")
+    return 0
+
+
+def write_dashboard(summary_md: Path, dashboard: Path) -> None:
+    """The report's markdown, with links made relative to the dashboard page (results/README.md)."""
+    import os
+    import re
+
+    from bench.io import atomic_write_text
+
+    prefix = Path(os.path.relpath(summary_md.parent.resolve(), dashboard.parent.resolve()))
+    text = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({(prefix / m.group(1)).as_posix()})", summary_md.read_text())
+    atomic_write_text(dashboard, text)
+
+
+def _cmd_regress(args: argparse.Namespace) -> int:
+    from bench.regress import regress_main
+
+    return regress_main(args.reference, args.run)
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from bench.regress import make_reference
+
+    make_reference(args.run, args.out)
+    print(f"reference written: {args.out}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from bench.config import RunConfig, parse_overrides, set_value
+    from datamodules.check import check_sequence, format_check
+    from datamodules.sequence import load_sequence
+
+    overrides = parse_overrides(args.overrides)
+    cfg = RunConfig()
+    for key in ("SEQ", "sequence", "DATA_ROOT", "data_root"):
+        if key in overrides:
+            set_value(cfg, key, overrides[key])
+    spec = load_sequence(cfg.sequence)
+    reports = check_sequence(spec, cfg.data_root, count=not args.no_count)
+    print(format_check(reports, spec))
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from bench.methods import METHODS
+    from bench.methods import methods
     from bench.models.clip import RANDOM_INIT_MODELS
     from datamodules.sequence import list_sequences, load_sequence
 
@@ -27,7 +89,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         spec = load_sequence(name)
         print(f"  {name:<16} {len(spec.tasks)} tasks: {', '.join(t.name for t in spec.tasks)}")
     print("methods:")
-    for m in METHODS.values():
+    for m in methods().values():
         print(f"  {m.name:<16} {m.description}")
     print(f"models: any open_clip ViT name with a pretrained tag; suite random-init configs: "
           f"{', '.join(RANDOM_INIT_MODELS)}")
@@ -41,6 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sequence: key=value overrides, e.g. SEQ=synth METHOD=knn knn.k=32")
     p.add_argument("overrides", nargs="*", help="key=value (SEQ, METHOD, MODEL, PRETRAINED, knn.k, ...)")
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("compare", help="run every method on a sequence (reusing finished runs), one table",
+                       description="Same overrides as run, applied to every method: SEQ=synth adapt_limit=20")
+    p.add_argument("overrides", nargs="*", help="key=value, as for run (METHOD is ignored)")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("report", help="markdown/CSV tables and PNG plots from run records")
+    p.add_argument("run_dirs", nargs="*", help="run folders or folders holding them (default: results/runs)")
+    p.add_argument("--out", default="results/report", help="where the report goes (default: results/report)")
+    p.add_argument("--dashboard", help="also write the report as this markdown page (e.g. results/README.md)")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("regress", help="compare a run with a committed reference; exit 1 on a drop")
+    p.add_argument("--reference", required=True, help="results/reference/<seq>-<method>.json")
+    p.add_argument("run", help="a run folder or its record.json")
+    p.set_defaults(func=_cmd_regress)
+    p = sub.add_parser("reference", help="write a reference file from a finished run (see make reference)")
+    p.add_argument("run", help="a run folder or its record.json")
+    p.add_argument("--out", required=True, help="results/reference/<seq>-<method>.json")
+    p.set_defaults(func=_cmd_reference)
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("check", help="what each task of a sequence finds on disk (loads no model)")
+    p.add_argument("overrides", nargs="*", help="SEQ=<name|file.yaml> DATA_ROOT=<dir>")
+    p.add_argument("--no-count", action="store_true", help="only check paths, do not index the annotations")
+    p.set_defaults(func=_cmd_data_check)
+    add_eval_commands(sub)
     p = sub.add_parser("list", help="list sequences, methods and models")
     p.set_defaults(func=_cmd_list)
     return parser
@@ -53,6 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, MemoryMismatchError) as e:
+    except (ConfigError, DataError, MemoryMismatchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,17 @@ class KnnConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning baselines (finetune, replay, joint): the adapter's optimiser and the replay buffer."""
+
+    epochs: int = 30
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    replay_per_class: int = 10  # exemplars kept per class of each earlier task (replay only)
+
+
+@dataclass
 class RunConfig:
     sequence: str = "synth"
     method: str = "knn"
@@ -50,6 +61,7 @@ class RunConfig:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
     batch_size: int = 8
     num_workers: int = 0
@@ -61,13 +73,15 @@ class RunConfig:
     run_id: str = ""  # empty = derived from the model and a hash of the config
     max_steps: int = 0  # 0 = all; n = stop after n steps (resume later with the same command)
     progress: bool = True
+    wandb: bool = True  # W&B logging (online with a login, offline without); CSV logs are always written
+    wandb_memory: bool = False  # upload the final memory as a W&B artifact (knn)
 
 
 # Upper-case names as the Makefile passes them.
 ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRAINED": "model.pretrained",
            "EMBEDDER": "embedder.kind", "PROPOSALS": "proposals.kind", "DATA_ROOT": "data_root",
            "SEED": "seed", "RUN_ID": "run_id"}
-RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers")
+RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory")
 
 
 def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:

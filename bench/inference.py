@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from datamodules.contract import IGNORE_INDEX
 
 
 def semantic_from_proposals(label_map: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -20,13 +20,39 @@ def semantic_from_proposals(label_map: torch.Tensor, probs: torch.Tensor) -> tor
     return lut[label_map]
 
 
-def _same_class_neighbours(label_map: torch.Tensor, classes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Pairs ``[E, 2]`` of kept proposals (1-based) of the same class that touch (4-connectivity)."""
-    pairs = torch.cat([torch.stack([label_map[:, :-1].reshape(-1), label_map[:, 1:].reshape(-1)], 1),
-                       torch.stack([label_map[:-1, :].reshape(-1), label_map[1:, :].reshape(-1)], 1)])
-    a, b = pairs.unbind(1)
-    touching = (a != b) & keep[a] & keep[b] & (classes[a] == classes[b])
-    return pairs[touching].unique(dim=0)
+def _touching_pairs(label_map: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Distinct pairs ``[E, 2]`` of different labels in ``[0, num_labels)`` that touch (4-connectivity)."""
+    keys = []
+    for a, b in ((label_map[:, :-1], label_map[:, 1:]), (label_map[:-1, :], label_map[1:, :])):
+        edge = a != b
+        keys.append(a[edge] * num_labels + b[edge])
+    keys = torch.cat(keys).unique()
+    return torch.stack([keys // num_labels, keys % num_labels], 1)
+
+
+def _join_stuff(group: torch.Tensor, stuff: torch.Tensor, classes: torch.Tensor) -> None:
+    """Each stuff proposal joins the group of the first stuff proposal of its class (in place)."""
+    first: dict[int, int] = {}
+    ids = torch.nonzero(stuff).flatten()
+    for k, c in zip(ids.tolist(), classes[ids].tolist()):
+        group[k] = first.setdefault(c, k)
+
+
+def _join_touching_things(group: torch.Tensor, label_map: torch.Tensor, thing: torch.Tensor,
+                          classes: torch.Tensor) -> None:
+    """Thing proposals of one class that touch, directly or through others, join one group (in place), named
+    by its lowest proposal."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(group)
+    a, b = _touching_pairs(label_map, n).unbind(1)
+    edges = torch.stack([a, b], 1)[thing[a] & thing[b] & (classes[a] == classes[b])].cpu().numpy()
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    component = torch.from_numpy(connected_components(graph, directed=False)[1]).to(group.device)
+    lowest = torch.full((n,), n, device=group.device).scatter_reduce(0, component, torch.arange(n, device=group.device),
+                                                                     "amin")
+    group[thing] = lowest[component[thing]]
 
 
 def panoptic_from_proposals(label_map: torch.Tensor, probs: torch.Tensor, is_thing: torch.Tensor,
@@ -47,49 +73,29 @@ def panoptic_from_proposals(label_map: torch.Tensor, probs: torch.Tensor, is_thi
     Returns the segment map (int64 ``H×W``, 0 = void, k = segment k) and the segment classes (int64 ``[S]``),
     segments numbered in the order of their first proposal.
     """
-    device = label_map.device
-    num_proposals = probs.shape[0]
-    label_map = label_map.long()
-    if label_map.numel() and (int(label_map.min()) < 0 or int(label_map.max()) > num_proposals):
-        raise ValueError(f"label_map holds ids up to {int(label_map.max())}, expected 0..{num_proposals} "
-                         f"(one per row of probs)")
-    scores, best = probs.max(1) if num_proposals else (probs.new_zeros(0), torch.zeros(0, dtype=torch.long))
-    best = best.to(device)
-    area = torch.bincount(label_map.reshape(-1), minlength=num_proposals + 1)[1:]
-    # Hard masks: every pixel already belongs to one proposal, so a proposal keeps all of its area.
-    kept_area = area
-    keep = (scores.to(device) > object_mask_threshold) & (area > 0)
-    keep &= kept_area.double() >= overlap_threshold * area.double()
+    device, label_map = label_map.device, label_map.long()
+    n = probs.shape[0] + 1  # node 0 = not covered, node k = proposal k
+    if label_map.numel():
+        low, high = (int(v) for v in torch.aminmax(label_map))
+        if low < 0 or high >= n:
+            raise ValueError(f"label_map holds ids in [{low}, {high}], expected 0..{n - 1} (0 = not covered, "
+                             "k = row k-1 of probs)")
+    scores = torch.zeros(n, dtype=torch.float64, device=device)
+    classes = torch.zeros(n, dtype=torch.long, device=device)
+    if n > 1:
+        top, best = probs.max(1)
+        scores[1:], classes[1:] = top.to(device, torch.float64), best.to(device)
+    area = torch.bincount(label_map.reshape(-1), minlength=n)
+    kept_area = area  # hard masks: no other proposal can take pixels from a kept one
+    keep = (scores > object_mask_threshold) & (area > 0) & (kept_area >= overlap_threshold * area)
+    keep[0] = False
+    thing = keep & is_thing.to(device)[classes]
 
-    # Group kept proposals into segments: one group per stuff class, per connected set of thing proposals.
-    n = num_proposals + 1  # node 0 = uncovered
-    thing = is_thing.to(device)[best] & keep
-    classes = torch.cat([best.new_zeros(1), best])
-    keep0 = torch.cat([keep.new_zeros(1), keep])
-    group = torch.arange(n, device=device)
-    stuff_ids = torch.nonzero(keep & ~thing).flatten() + 1
-    if len(stuff_ids):  # each stuff proposal joins the first proposal of its class
-        first = {}
-        for k, c in zip(stuff_ids.tolist(), classes[stuff_ids].tolist()):
-            group[k] = first.setdefault(c, k)
+    group = torch.arange(n, device=device)  # a segment is a group of proposals, named by its lowest member
+    _join_stuff(group, keep & ~thing, classes)
     if merge_things and bool(thing.any()):
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        thing0 = torch.cat([thing.new_zeros(1), thing])
-        edges = _same_class_neighbours(label_map, classes, thing0).cpu().numpy()
-        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-        _, component = connected_components(graph, directed=False)
-        component = torch.from_numpy(component).to(device)
-        # The group of a thing proposal: the lowest-numbered proposal of its component.
-        lowest = torch.full((n,), n, device=device).scatter_reduce(0, component, torch.arange(n, device=device),
-                                                                   "amin")
-        thing_ids = torch.nonzero(thing).flatten() + 1
-        group[thing_ids] = lowest[component[thing_ids]]
-
-    # Number segments by their first proposal: group representatives in increasing order.
-    reps = torch.unique(group[keep0])
+        _join_touching_things(group, label_map, thing, classes)
+    names = torch.unique(group[keep])
     segment_of = torch.zeros(n, dtype=torch.long, device=device)
-    segment_of[reps] = torch.arange(1, len(reps) + 1, device=device)
-    lut = torch.where(keep0, segment_of[group], 0)
-    return lut[label_map], classes[reps].clone()
+    segment_of[names] = torch.arange(1, len(names) + 1, device=device)
+    return torch.where(keep, segment_of[group], 0)[label_map], classes[names]

@@ -11,7 +11,6 @@ complete, ``finish`` always (in a ``finally``).
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import netrc
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-log = logging.getLogger("bench")
+from bench.report import memory_entries
 
 WANDB_PROJECT = "knnclip-bench"
 _OFF_MODES = ("offline", "disabled", "dryrun")
@@ -73,6 +72,7 @@ def _wandb_run_id(run_dir: Path, sequence: str, method: str, run_id: str) -> str
 
 
 def _is_wandb(logger: Any) -> bool:
+    # By name, so that wandb is only imported when a W&B logger exists (and tests can stand one in).
     return type(logger).__name__ == "WandbLogger"
 
 
@@ -123,7 +123,7 @@ def _make_wandb(run_dir: Path, sequence: str, method: str, run_id: str, config: 
     os.environ.setdefault("WANDB_SILENT", "true")
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(mode=mode, silent=True, console="off", save_code=False, disable_git=True,
-                              x_save_requirements=False, init_timeout=60)
+                              init_timeout=60)
     # wandb.init here rather than inside WandbLogger: a failure stays within make_loggers' guard, and
     # "create_new" leaves any other W&B run of the process alone.
     run = wandb.init(project=WANDB_PROJECT, group=sequence, name=f"{method}/{run_id}", job_type=method,
@@ -137,6 +137,19 @@ def _make_wandb(run_dir: Path, sequence: str, method: str, run_id: str, config: 
 
 def _clean(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _state(record: Mapping[str, Any], step: int) -> dict[str, float]:
+    """``memory_size`` (entries) and the method's other ``state_size`` numbers after ``step`` (1-based)."""
+    out: dict[str, float] = {}
+    entries = memory_entries(record, step)
+    if entries is not None:
+        out["memory_size"] = float(entries)
+    states = record.get("state_size") or []
+    if 0 < step <= len(states) and isinstance(states[step - 1], Mapping):
+        out.update({f"state/{k}": float(v) for k, v in states[step - 1].items()
+                    if k != "memory_entries" and isinstance(v, int | float)})
+    return out
 
 
 def step_metrics(record: Mapping[str, Any], step: int) -> dict[str, float]:
@@ -153,9 +166,7 @@ def step_metrics(record: Mapping[str, Any], step: int) -> dict[str, float]:
                 out[f"{metric}/{task}"] = v
         if seen and all(v is not None for v in seen):
             out[f"{metric}/average"] = math.fsum(seen) / len(seen)  # type: ignore[arg-type]
-    sizes = record.get("memory_size") or []
-    if t < len(sizes):
-        out["memory_size"] = float(sizes[t])
+    out.update(_state(record, step))
     timing = next((s for s in (record.get("timings") or {}).get("steps", []) if s.get("step") == step), {})
     for key in ("adapt_s", "eval_s"):
         if timing.get(key) is not None:
@@ -175,9 +186,7 @@ def summary_metrics(record: Mapping[str, Any]) -> dict[str, float]:
         for task, f in zip(record["tasks"], s.get("forgetting") or []):
             if _clean(f) is not None:
                 out[f"{metric}/forgetting/{task}"] = float(f)
-    sizes = record.get("memory_size") or []
-    if sizes:
-        out["memory_size"] = float(sizes[-1])
+    out.update(_state(record, int(record.get("steps_done", 0))))
     steps = (record.get("timings") or {}).get("steps", [])
     for key in ("adapt_s", "eval_s"):
         values = [s[key] for s in steps if s.get(key) is not None]
@@ -236,7 +245,7 @@ def _log_final_wandb(logger: Any, record: Mapping[str, Any], heatmap_png: Path |
     if memory_dir is not None and Path(memory_dir).is_dir():
         artifact = wandb.Artifact(name=f"memory-{logger.experiment.id}", type="memory",
                                   metadata={"sequence": record["sequence"], "method": record["method"],
-                                            "memory_size": (record.get("memory_size") or [None])[-1]})
+                                            "memory_size": memory_entries(record)})
         artifact.add_dir(str(memory_dir))
         run.log_artifact(artifact)
 

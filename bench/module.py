@@ -16,6 +16,7 @@ from bench.memory import Memory
 from bench.metrics import MeanIoU
 from bench.models import BaseSegmenter, DenseBackbone
 from bench.proposals import Proposer, pool_features
+from datamodules.contract import IGNORE_INDEX
 from datamodules.vocabulary import Vocabulary
 
 
@@ -31,6 +32,7 @@ class ContinualSegmenter(L.LightningModule):
         super().__init__()
         self.base, self.embedder, self.memory = base, embedder, memory
         self.proposer, self.knn = proposer, knn or KnnConfig()
+        self.adapter: torch.nn.Module | None = None  # fine-tuning baselines: maps pooled base embeddings
         self.adapt_vocabulary: Vocabulary | None = None
         self.eval_vocabularies: list[Vocabulary] = []
         self.text: list[torch.Tensor] = []
@@ -61,7 +63,7 @@ class ContinualSegmenter(L.LightningModule):
     def begin_eval(self, vocabularies: list[Vocabulary]) -> None:
         self.eval_vocabularies = list(vocabularies)
         self.text = [self.base.text_embeddings(list(v.classes)) for v in vocabularies]
-        self.metrics = torch.nn.ModuleList([MeanIoU(len(v)) for v in vocabularies])
+        self.metrics = torch.nn.ModuleList([MeanIoU(len(v), ignore_index=IGNORE_INDEX) for v in vocabularies])
         self._luts = [self._memory_to_local(v) for v in vocabularies]
 
     def _memory_to_local(self, vocabulary: Vocabulary) -> np.ndarray | None:
@@ -76,6 +78,8 @@ class ContinualSegmenter(L.LightningModule):
         """float ``Q×C`` class distribution of each proposal of one image, for vocabulary ``task``."""
         num = int(label_map.max()) if label_map.numel() else 0
         pooled = F.normalize(pool_features(base_feats, label_map, num), dim=1)
+        if self.adapter is not None:
+            pooled = self.adapter(pooled)
         probs = torch.softmax(self.base.logit_scale * pooled @ self.text[task].T.to(pooled), dim=1)
         if memory_feats is None or self.memory is None:
             return probs

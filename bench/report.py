@@ -67,8 +67,7 @@ class Run:
         return (self.record.get("summary") or {}).get(metric) or {}
 
     def memory_size(self) -> int | None:
-        sizes = self.record.get("memory_size") or []
-        return int(sizes[-1]) if sizes else None
+        return memory_entries(self.record)
 
     def total_time(self, key: str) -> float | None:
         steps = (self.record.get("timings") or {}).get("steps") or []
@@ -77,6 +76,18 @@ class Run:
 
     def steps(self) -> str:
         return f"{self.record.get('steps_done', '?')}/{len(self.record.get('tasks', []))}"
+
+
+def memory_entries(record: Mapping[str, Any], step: int | None = None) -> int | None:
+    """Memory entries after ``step`` (1-based; default the last step done), from ``state_size[t]
+    ["memory_entries"]`` or, in older records, ``memory_size[t]``; None for a run without a memory."""
+    for key, pick in (("state_size", lambda v: v.get("memory_entries") if isinstance(v, Mapping) else None),
+                      ("memory_size", lambda v: v)):
+        sizes = record.get(key) or []
+        t = len(sizes) - 1 if step is None else step - 1
+        if 0 <= t < len(sizes) and pick(sizes[t]) is not None:
+            return int(pick(sizes[t]))
+    return None
 
 
 def find_records(paths: Iterable[str | Path]) -> list[Path]:
@@ -175,8 +186,7 @@ def heatmap(record: Mapping[str, Any], metric: str, path: str | Path, title: str
         lo, hi = float(finite.min()), float(finite.max()) or 1.0
     size = max(3.5, 0.8 * n + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=lo, vmax=hi)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"{metric_title(metric)} (%)")
     ax.set_xticks(range(n), tasks, rotation=45, ha="right")
@@ -263,6 +273,10 @@ def summary_rows(runs: Sequence[Run], metrics: Sequence[str]) -> list[dict[str, 
             for key in SUMMARY_KEYS:
                 row[f"{metric}_{key}"] = s.get(key)
         row["memory_size"] = run.memory_size()
+        state = (run.record.get("state_size") or [{}])[-1]
+        for key, value in sorted(state.items() if isinstance(state, Mapping) else ()):
+            if key != "memory_entries":
+                row[f"state_{key}"] = value
         row["adapt_s"] = run.total_time("adapt_s")
         row["eval_s"] = run.total_time("eval_s")
         row["record"] = str(run.path)

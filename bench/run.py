@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from bench import continual
 from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict
 from bench.errors import ConfigError
 from bench.io import atomic_write_json, atomic_write_text
-from bench.methods import Method, get_method
+from bench.methods import Method, RunContext, get_method
 from bench.results import RECORD_VERSION, format_matrix, git_commit, load_record, package_versions
 from datamodules.sequence import SequenceSpec, load_sequence
 
@@ -47,15 +48,22 @@ def _percent(x: torch.Tensor) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
-def _trainer(cfg: RunConfig) -> Any:
+def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = None) -> Any:
     import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     # Lightning's start-up notes (no GPU, tips) repeat for every step; keep the output to what the run says.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_model_summary=False, enable_progress_bar=cfg.progress)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    callbacks = []
+    if checkpoint_dir is not None:  # fine-tuning: resumable mid-step from the last finished epoch
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last="link", save_top_k=1,
+                                         every_n_epochs=1, enable_version_counter=False,
+                                         save_on_train_epoch_end=True))
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=checkpoint_dir is not None,
+                     callbacks=callbacks, enable_model_summary=False, enable_progress_bar=cfg.progress,
+                     max_epochs=max_epochs, deterministic=True)
 
 
 def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> dict[str, Any]:
@@ -68,7 +76,7 @@ def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, em
         "tasks": tasks, "vocabulary_sizes": [len(t.vocabulary) for t in spec.tasks],
         "steps_done": 0, "complete": False,
         "matrix": {"miou": [[None] * len(tasks) for _ in tasks]},
-        "summary": {}, "per_class_iou": [], "memory_size": [],
+        "summary": {}, "per_class_iou": [], "state_size": [],
         "config": to_dict(cfg), "config_hash": config_hash(cfg), "seed": cfg.seed,
         "versions": package_versions(), "git_commit": git_commit(),
         "timings": {"steps": []},
@@ -79,10 +87,11 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     """Run (or resume) a sequence; returns the record, also written to ``<run dir>/record.json``."""
     import lightning as L
 
-    from bench.memory import Memory
-    from bench.models import build_base, build_embedder
+    from bench.loggers import finish, log_final, log_results, make_loggers
+    from bench.models import build_base
     from bench.module import ContinualSegmenter
     from bench.proposals import build_proposer
+    from bench.report import heatmap
     from datamodules.sequence import SequenceDataModule
 
     method = get_method(cfg.method)
@@ -100,55 +109,53 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
     base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed)
-    embedder = None
-    if method.uses_memory:
-        embedder = build_embedder(cfg.embedder.kind, base, cfg.embedder.name, image_size=cfg.embedder.image_size
-                                  or None, seed=cfg.model.seed)
-    record = previous or new_record(cfg, spec, method, base, embedder)
-    record["git_commit"], record["versions"] = git_commit(), package_versions()
-    record["timings"]["model_load_s"] = round(time.perf_counter() - start, 3)
-    first = record["steps_done"]
-    memory = None
-    if method.uses_memory:
-        memory = (Memory.load(out / "memory" / f"step-{first}", embedder.identity, embedder.dim) if first
-                  else Memory(embedder.dim, embedder.identity))
-    if first:
-        print(f"resuming {out} after step {first} of {len(spec.tasks)}")
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
-    module = ContinualSegmenter(base, proposer, embedder, memory, cfg.knn)
+    module = ContinualSegmenter(base, proposer, knn=cfg.knn)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
                             cfg.eval_limit)
+    ctx = RunContext(cfg, spec, module, dm, out, functools.partial(_trainer, cfg))
+    first = previous["steps_done"] if previous else 0
+    method.setup(ctx, first)
+    record = previous or new_record(cfg, spec, method, base, module.embedder)
+    record["git_commit"], record["versions"] = git_commit(), package_versions()
+    record["timings"]["model_load_s"] = round(time.perf_counter() - start, 3)
+    if first:
+        print(f"resuming {out} after step {first} of {len(spec.tasks)}")
     last = len(spec.tasks) if not cfg.max_steps else min(len(spec.tasks), first + cfg.max_steps)
-    for t in range(first, last):
-        _step(cfg, spec, method, module, dm, t, record, out)
-    if record["steps_done"] == len(spec.tasks):
-        record["complete"] = True
-        atomic_write_json(record_path, record)
-        atomic_write_text(out / "table.txt", format_matrix(record) + "\n")
+    loggers = make_loggers(out, spec.name, method.name, out.name, to_dict(cfg), use_wandb=cfg.wandb)
+    ok = False
+    try:
+        for t in range(first, last):
+            _step(ctx, method, t, record)
+            log_results(loggers, record, t + 1)
+        if record["steps_done"] == len(spec.tasks):
+            record["complete"] = True
+            atomic_write_json(record_path, record)
+            atomic_write_text(out / "table.txt", format_matrix(record) + "\n")
+            pngs = {m: heatmap(record, m, out / f"heatmap-{m}.png") for m in record["matrix"]}
+            log_final(loggers, record, pngs, memory_dir=out / "memory" / f"step-{len(spec.tasks)}",
+                      log_memory=cfg.wandb_memory and method.name == "knn")
+        ok = True
+    finally:
+        finish(loggers, success=ok)
     print(format_matrix(record))
     print(f"record: {record_path}")
     return record
 
 
-def _step(cfg: RunConfig, spec: SequenceSpec, method: Method, module: Any, dm: Any, t: int,
-          record: dict[str, Any], out: Path) -> None:
+def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> None:
+    spec, module, dm = ctx.spec, ctx.module, ctx.dm
     task = spec.tasks[t]
     print(f"step {t + 1}/{len(spec.tasks)}: adapt to {task.name!r} ({len(task.vocabulary)} classes)")
     dm.set_step(t)
-    timing: dict[str, Any] = {"step": t + 1}
     tick = time.perf_counter()
-    if method.uses_memory:
-        module.begin_adapt(task.vocabulary)
-        added = _trainer(cfg).predict(module, datamodule=dm, return_predictions=True)
-        timing["adapt_images"] = len(dm.adapt_dataset(t))
-        timing["memory_added"] = int(sum(added))
-        module.memory.save(out / "memory" / f"step-{t + 1}")
-        record["memory_size"].append(len(module.memory))
+    timing: dict[str, Any] = {"step": t + 1, **method.adapt(ctx, t)}
     timing["adapt_s"] = round(time.perf_counter() - tick, 3)
+    record["state_size"].append(method.state_size(ctx))
 
     tick = time.perf_counter()
     module.begin_eval([spec.tasks[j].vocabulary for j in range(t + 1)])
-    _trainer(cfg).test(module, datamodule=dm, verbose=False)
+    ctx.trainer().test(module, datamodule=dm, verbose=False)
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
     timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
 
@@ -162,4 +169,4 @@ def _step(cfg: RunConfig, spec: SequenceSpec, method: Method, module: Any, dm: A
     record["timings"]["steps"].append(timing)
     record["steps_done"] = t + 1
     record["summary"]["miou"] = continual.summarize(record["matrix"]["miou"][: t + 1])
-    atomic_write_json(out / "record.json", record)
+    atomic_write_json(ctx.out / "record.json", record)

@@ -19,6 +19,8 @@ be given as ``train`` / ``val`` or by its folder name. Semantic only: one segmen
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from datamodules.labelmaps import LabelMapReader
 from datamodules.registry import register_reader
 
@@ -27,16 +29,18 @@ _ADE_SPLITS = {"train": "training", "val": "validation"}
 
 @register_reader("ade20k")
 class ADE20KReader(LabelMapReader):
-    split_aliases = _ADE_SPLITS
-    defaults = {**LabelMapReader.defaults, "image_dir": "images/{split}", "label_dir": "annotations/{split}",
-                "image_ext": ".jpg", "label_ext": ".png", "offset": 1, "ignore_values": ()}
+    split_aliases: ClassVar[dict[str, str]] = _ADE_SPLITS
+    defaults: ClassVar[dict[str, Any]] = {
+        **LabelMapReader.defaults, "image_dir": "images/{split}", "label_dir": "annotations/{split}",
+        "image_ext": ".jpg", "label_ext": ".png", "offset": 1, "ignore_values": ()}
     expected_classes = 150
 
 
 @register_reader("ade20k_full")
 class ADE20KFullReader(LabelMapReader):
-    split_aliases = _ADE_SPLITS
-    defaults = {**LabelMapReader.defaults, "image_dir": "images_detectron2/{split}",
-                "label_dir": "annotations_detectron2/{split}", "image_ext": ".jpg", "label_ext": ".tif",
-                "offset": 0, "ignore_values": (65535,)}
+    split_aliases: ClassVar[dict[str, str]] = _ADE_SPLITS
+    defaults: ClassVar[dict[str, Any]] = {
+        **LabelMapReader.defaults, "image_dir": "images_detectron2/{split}",
+        "label_dir": "annotations_detectron2/{split}", "image_ext": ".jpg", "label_ext": ".tif", "offset": 0,
+        "ignore_values": (65535,)}
     expected_classes = 847

@@ -7,7 +7,7 @@ Layout under ``root`` (templates formatted with the split, defaults as in real C
     annotations/panoptic_{split}.json images, annotations (segments_info) and categories
 
 Categories are matched to the task vocabulary by NAME, so one json serves every class subset of a dataset:
-segments of a category outside the vocabulary become ignore (255) in ``semantic`` and are left out of the
+segments of a category outside the vocabulary become ignore (-1) in ``semantic`` and are left out of the
 segment list.
 """
 

@@ -3,7 +3,8 @@
 One sample is a dict:
 
 - ``image``: uint8 tensor ``3×H×W`` (RGB).
-- ``semantic``: int64 tensor ``H×W``, local class ids of the task vocabulary, ``IGNORE_INDEX`` (255) = ignore.
+- ``semantic``: int64 tensor ``H×W``, local class ids of the task vocabulary, ``IGNORE_INDEX`` (-1) = ignore.
+  (Not 255: ADE-847, PC-459 and LVIS have a real class 255; datasets' own ignore values are mapped to -1.)
 - ``segments``: int64 tensor ``H×W``, panoptic segment map; 0 = void, ``k`` = the k-th segment (1-based).
 - ``segment_classes``: int64 tensor ``[S]``, local class id of segment ``k`` at index ``k-1``.
 - ``segment_iscrowd``: bool tensor ``[S]``.
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = -1
 
 
 class DataError(ValueError):

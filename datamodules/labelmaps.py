@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,11 +81,14 @@ def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, labe
                         f"{image_path} is {w}×{h}; expected the same size")
 
 
+PAST_VOCABULARY = -2  # marks raw values that would name a class the vocabulary does not have
+
+
 def value_lut(num_values: int, offset: int, ignore_values: Iterable[int], num_classes: int) -> np.ndarray:
-    """Raw label value → local class id (``IGNORE_INDEX`` for ignore); values past the vocabulary map to -1."""
-    lut = np.arange(num_values, dtype=np.int64) - offset
-    lut[lut < 0] = IGNORE_INDEX
-    lut[lut >= num_classes] = -1
+    """Raw label value → local class id (``IGNORE_INDEX`` for ignore, ``PAST_VOCABULARY`` past its end)."""
+    classes = np.arange(num_values, dtype=np.int64) - offset
+    lut = np.where(classes >= num_classes, PAST_VOCABULARY, classes)
+    lut[classes < 0] = IGNORE_INDEX
     for v in ignore_values:
         if 0 <= v < num_values:
             lut[v] = IGNORE_INDEX
@@ -93,12 +96,12 @@ def value_lut(num_values: int, offset: int, ignore_values: Iterable[int], num_cl
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
-    """Map raw values through ``lut``; a value outside it or mapped to -1 is a :class:`DataError`."""
+    """Map raw values through ``lut``; a value outside it or past the vocabulary is a :class:`DataError`."""
     if raw.size and (int(raw.min()) < 0 or int(raw.max()) >= len(lut)):
         raise DataError(f"{path}: label value {int(raw.max())} is outside the {len(lut)} values expected")
     out = lut[raw]
-    if bool((out < 0).any()):
-        value = int(raw[out < 0][0])
+    if bool((out == PAST_VOCABULARY).any()):
+        value = int(raw[out == PAST_VOCABULARY][0])
         raise DataError(f"{path}: label value {value} maps past the {num_classes} classes of the vocabulary")
     return out
 
@@ -106,10 +109,10 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int) ->
 def class_segments(semantic: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """One segment per class present: (``H×W`` int64 segment map, 1-based; class of each segment)."""
     classes = [c for c in np.unique(semantic).tolist() if c != IGNORE_INDEX]
-    seg_of = np.zeros(max(int(semantic.max(initial=0)), IGNORE_INDEX) + 1, dtype=np.int64)
+    seg_of = np.zeros(max(classes, default=0) + 1, dtype=np.int64)
     for k, c in enumerate(classes, 1):
         seg_of[c] = k
-    return seg_of[semantic], classes
+    return np.where(semantic == IGNORE_INDEX, 0, seg_of[np.maximum(semantic, 0)]), classes
 
 
 def semantic_sample(rgb: np.ndarray, semantic: np.ndarray, dataset: str, file_id: str,
@@ -161,9 +164,10 @@ class LabelMapReader:
     """
 
     #: split aliases (e.g. ``train`` → ``training``) applied before formatting the templates
-    split_aliases: dict[str, str] = {}
-    defaults: dict[str, Any] = {"image_dir": "images/{split}", "label_dir": "annotations/{split}",
-                                "image_ext": ".jpg", "label_ext": ".png", "offset": 0, "ignore_values": (255,)}
+    split_aliases: ClassVar[dict[str, str]] = {}
+    defaults: ClassVar[dict[str, Any]] = {
+        "image_dir": "images/{split}", "label_dir": "annotations/{split}", "image_ext": ".jpg", "label_ext": ".png",
+        "offset": 0, "ignore_values": (255,)}
     expected_classes: int | None = None  # the label space the preset is for, when it has one
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, limit: int | None = None,

@@ -16,7 +16,7 @@ folder names. Semantic only: one segment per class present.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from datamodules.contract import DataError
 from datamodules.labelmaps import LabelMapReader, LayoutEntry
@@ -39,9 +39,9 @@ def _variant(variant: int | str | None, num_classes: int | None) -> int:
 
 @register_reader("pascal_context")
 class PascalContextReader(LabelMapReader):
-    split_aliases = {"train": "training", "val": "validation"}
-    defaults = {**LabelMapReader.defaults, "image_dir": "images/{split}", "image_ext": ".jpg", "offset": 0,
-                **_VARIANTS[59]}
+    split_aliases: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
+    defaults: ClassVar[dict[str, Any]] = {
+        **LabelMapReader.defaults, "image_dir": "images/{split}", "image_ext": ".jpg", "offset": 0, **_VARIANTS[59]}
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, variant: int | str | None = None,
                  limit: int | None = None, **options: Any) -> None:

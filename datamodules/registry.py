@@ -9,7 +9,16 @@ from typing import Any, Protocol
 from datamodules.contract import DataError
 
 # Modules imported on first lookup so that each registers its reader(s).
-_READER_MODULES = ("datamodules.coco_panoptic", "datamodules.synth")
+_READER_MODULES = (
+    "datamodules.coco_panoptic",
+    "datamodules.synth",
+    "datamodules.labelmaps",
+    "datamodules.ade20k",
+    "datamodules.pascal_context",
+    "datamodules.cityscapes",
+    "datamodules.lvis",
+    "datamodules.hf_parquet",
+)
 
 READERS: dict[str, Callable[..., Reader]] = {}
 

@@ -1,18 +1,33 @@
 """Sequences: tasks in order, each a vocabulary with an adapt split and an eval split, defined by YAML files.
 
-A sequence YAML (``tasks/<name>.yaml``)::
+``SEQ=`` takes a name (``tasks/<name>.yaml``) or the path of any YAML file, so a sequence over one's own data in a
+supported format needs no code. A sequence YAML::
 
-    name: synth
-    description: ...
-    defaults: {proposals: {kind: superpixel}}     # optional run-config defaults for this sequence
-    tasks:
-      - name: park
-        format: synth                             # a registered reader
-        root: "{cache}/synth-v1/park"             # relative to DATA_ROOT; {cache} = the suite's cache dir
-        vocabulary: vocab/synth-park.txt          # relative to the YAML file
-        adapt: {split: train, limit: 100}         # limit optional
-        eval: {split: val}
-        options: {scene_seed: 1}                  # passed to the reader
+    name: ade-100-10                  # optional; default: the file name
+    description: ...                  # optional, shown by `bench list`
+    defaults: {proposals: {kind: superpixel}}   # optional run-config defaults for this sequence
+    tasks:                            # in the order they are adapted to
+      - name: ade-base                # unique within the sequence
+        format: ade20k                # a registered reader (see below)
+        root: ADEChallengeData2016    # relative to DATA_ROOT (or absolute); "{cache}" = the suite's cache dir
+        vocabulary: vocab/ade150.txt  # the dataset's full label space, relative to the YAML file:
+                                      #   one class per line, "name<TAB>thing|stuff", in label order
+        num_classes: 150              # optional: the vocabulary file must have exactly this many classes
+        classes: {start: 0, stop: 100}   # optional class subset of the vocabulary (see below)
+        adapt: {split: train, limit: 100}  # a split name, or {split, limit}; limit 0 / absent = all
+        eval: val
+        options: {}                   # passed to the reader (folder templates, variant, ...)
+
+``classes`` selects the task's label space from the dataset vocabulary: ``{start: i, stop: j}`` (the slice
+``[i, j)`` in vocabulary order), a list of class names, or a list of vocabulary indices. The task's local class
+ids follow that order; pixels of every other class become ignore (-1) and their segments are dropped. Without
+``classes`` the task uses the whole vocabulary. Every image of the split is still read (an image without any of
+the task's classes yields an all-ignore sample, which adds nothing to the memory or to the metrics).
+
+Formats: ``coco_panoptic``, ``synth``, ``ade20k``, ``ade20k_full``, ``pascal_context``, ``cityscapes``, ``lvis``,
+``hf_parquet`` and the generic ``label_map`` (images + single-channel label images paired by name); each reader's
+module docstring gives the layout it expects and its options. ``python -m bench data check SEQ=...`` reports
+what is present and missing for every task.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from datamodules.contract import DataError, validate_sample
+from datamodules.contract import IGNORE_INDEX, DataError, validate_sample
 from datamodules.paths import expand_root
 from datamodules.registry import get_reader
 from datamodules.vocabulary import Vocabulary
@@ -41,6 +56,10 @@ class SplitSpec:
 
 @dataclass
 class TaskSpec:
+    """One task. ``vocabulary`` is the task's label space (local class ids); ``dataset_vocabulary`` is the
+    full vocabulary its reader labels with, and ``class_ids[i]`` the dataset index of local class ``i``
+    (None when the task uses the whole vocabulary)."""
+
     name: str
     format: str
     root: str
@@ -48,6 +67,12 @@ class TaskSpec:
     adapt: SplitSpec
     eval: SplitSpec
     options: dict[str, Any] = field(default_factory=dict)
+    dataset_vocabulary: Vocabulary | None = None
+    class_ids: tuple[int, ...] | None = None
+
+    @property
+    def reader_vocabulary(self) -> Vocabulary:
+        return self.dataset_vocabulary or self.vocabulary
 
 
 @dataclass
@@ -79,6 +104,34 @@ def _split(value: Any, where: str) -> SplitSpec:
     return SplitSpec(str(value["split"]), int(value.get("limit", 0) or 0))
 
 
+def _class_subset(value: Any, vocab: Vocabulary, where: str) -> tuple[int, ...] | None:
+    """Dataset indices of a task's classes from its ``classes`` field (None: the whole vocabulary)."""
+    if value is None:
+        return None
+    n = len(vocab)
+    if isinstance(value, dict):
+        if set(value) - {"start", "stop"}:
+            raise DataError(f"{where}: a slice is {{start: i, stop: j}}, got keys {sorted(value)}")
+        start, stop = value.get("start", 0), value.get("stop", n)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
+            raise DataError(f"{where}: slice [{start}, {stop}) must satisfy 0 <= start < stop <= {n} "
+                            f"(the vocabulary has {n} classes)")
+        return tuple(range(start, stop))
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        ids = tuple(vocab.index(v) for v in value)
+    elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        bad = [v for v in value if not 0 <= v < n]
+        if bad:
+            raise DataError(f"{where}: class index {bad[0]} is outside 0..{n - 1}")
+        ids = tuple(value)
+    else:
+        raise DataError(f"{where}: expected {{start: i, stop: j}}, a list of class names or a list of class "
+                        f"indices, got {value!r}")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{where}: a class is listed twice")
+    return ids
+
+
 def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpec:
     """Find a sequence by name in ``tasks_dir`` or by path to a YAML file, and parse it."""
     path = Path(name_or_path)
@@ -99,11 +152,18 @@ def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpe
         if not isinstance(t, dict):
             raise DataError(f"{where}: expected a mapping")
         name = _field(t, "name", where)
-        vocab = Vocabulary.from_file(path.parent / _field(t, "vocabulary", where), name=name)
+        vocab_path = path.parent / _field(t, "vocabulary", where)
+        full = Vocabulary.from_file(vocab_path, name=name)
+        if "num_classes" in t and len(full) != t["num_classes"]:
+            raise DataError(f"{vocab_path}: {len(full)} classes, but {where} expects num_classes: "
+                            f"{t['num_classes']}; the vocabulary file is incomplete or the wrong one")
+        class_ids = _class_subset(t.get("classes"), full, f"{where}: field 'classes'")
+        vocab = full if class_ids is None else full.subset([full.classes[i] for i in class_ids], name=name)
         tasks.append(TaskSpec(name=name, format=_field(t, "format", where), root=_field(t, "root", where),
                               vocabulary=vocab, adapt=_split(_field(t, "adapt", where, (str, dict)), where),
                               eval=_split(_field(t, "eval", where, (str, dict)), where),
-                              options=dict(t.get("options") or {})))
+                              options=dict(t.get("options") or {}),
+                              dataset_vocabulary=None if class_ids is None else full, class_ids=class_ids))
     if not tasks:
         raise DataError(f"{path}: field 'tasks' is empty; a sequence needs at least one task")
     names = [t.name for t in tasks]
@@ -113,14 +173,37 @@ def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpe
                         description=str(doc.get("description", "")), defaults=dict(doc.get("defaults") or {}))
 
 
+def restrict_sample(sample: dict[str, Any], class_ids: tuple[int, ...], num_dataset_classes: int) -> dict[str, Any]:
+    """A sample labelled with the dataset vocabulary, relabelled to the class subset ``class_ids``.
+
+    Pixels of other classes become ignore; their segments are dropped and the rest renumbered in order.
+    """
+    lut = torch.full((num_dataset_classes,), IGNORE_INDEX, dtype=torch.int64)
+    lut[torch.tensor(class_ids, dtype=torch.int64)] = torch.arange(len(class_ids))
+    semantic = sample["semantic"]
+    out = torch.where(semantic == IGNORE_INDEX, IGNORE_INDEX, lut[semantic.clamp(0, num_dataset_classes - 1)])
+    sample = {**sample, "semantic": out}
+    if sample.get("segments") is not None:
+        seg_classes = lut[sample["segment_classes"]]
+        keep = seg_classes != IGNORE_INDEX
+        renumber = torch.zeros(len(keep) + 1, dtype=torch.int64)
+        renumber[1:][keep] = torch.arange(1, int(keep.sum()) + 1)
+        sample.update(segments=renumber[sample["segments"]], segment_classes=seg_classes[keep],
+                      segment_iscrowd=sample["segment_iscrowd"][keep])
+    return sample
+
+
 class TaskDataset(torch.utils.data.Dataset):
-    """One split of one task: a reader, with every sample checked against the contract as it enters."""
+    """One split of one task: a reader, with every sample checked against the contract as it enters.
+
+    The reader labels with the dataset vocabulary; for a class subset, samples are relabelled to the task's.
+    """
 
     def __init__(self, task: TaskSpec, split: SplitSpec, data_root: str | Path, limit: int = 0) -> None:
         self.task, self.vocabulary = task, task.vocabulary
         root = expand_root(task.root, data_root)
         reader_cls = get_reader(task.format)
-        self.reader = reader_cls(root=root, split=split.split, vocabulary=task.vocabulary, **task.options)
+        self.reader = reader_cls(root=root, split=split.split, vocabulary=task.reader_vocabulary, **task.options)
         limits = [n for n in (split.limit, limit) if n]
         self.length = min([len(self.reader), *limits])
 
@@ -128,7 +211,11 @@ class TaskDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return validate_sample(self.reader[index], len(self.vocabulary))
+        sample = self.reader[index]
+        if self.task.class_ids is not None:
+            n = len(self.task.reader_vocabulary)
+            sample = restrict_sample(validate_sample(sample, n), self.task.class_ids, n)
+        return validate_sample(sample, len(self.vocabulary))
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.errors import ConfigError
 from bench.models.clip import resolve_pretrained
 from bench.run import build_config
-from datamodules.contract import DataError, validate_sample
+from datamodules.contract import IGNORE_INDEX, DataError, validate_sample
 from datamodules.registry import register_reader
 from datamodules.sequence import TaskDataset, load_sequence
 from datamodules.vocabulary import Vocabulary
@@ -76,7 +76,7 @@ def test_mask_class_outside_vocabulary():
     with pytest.raises(DataError, match=r"/data/img_007.png: field 'semantic' has class id 9, outside .* 7 classes"):
         validate_sample(sample, 7)
     sample = _sample()
-    sample["semantic"][0, 0] = 255  # ignore is fine
+    sample["semantic"][0, 0] = IGNORE_INDEX  # ignore is fine
     validate_sample(sample, 7)
 
 

@@ -44,4 +44,4 @@ def test_pool_features_exact_area_weights():
 def test_semantic_from_proposals_uncovered_pixels_are_ignore():
     label_map = torch.tensor([[0, 1], [2, 2]])
     probs = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
-    assert semantic_from_proposals(label_map, probs).tolist() == [[255, 1], [0, 0]]
+    assert semantic_from_proposals(label_map, probs).tolist() == [[-1, 1], [0, 0]]

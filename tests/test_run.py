@@ -46,7 +46,8 @@ def test_record_has_the_contract_keys_and_is_on_disk(full_runs):
     on_disk = json.loads(next(path.glob("*/record.json")).read_text())
     assert on_disk["matrix"] == record["matrix"] and on_disk["complete"]
     assert set(record["per_class_iou"][-1]) == {"park", "beach", "city"}
-    assert record["memory_size"][0] < record["memory_size"][1] < record["memory_size"][2]
+    sizes = [s["memory_entries"] for s in record["state_size"]]
+    assert sizes[0] < sizes[1] < sizes[2]
 
 
 def test_knn_beats_zeroshot_and_does_not_forget(full_runs):

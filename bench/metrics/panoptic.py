@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,12 +33,49 @@ def _check_segments(name: str, segments: Tensor, classes: Tensor, num_classes: i
         raise ValueError(f"{name}_segments must hold integer segment ids, got dtype {segments.dtype}")
     if classes.ndim != 1:
         raise ValueError(f"{name}_classes must be 1-D [S], got shape {tuple(classes.shape)}")
-    if segments.numel() and (int(segments.min()) < 0 or int(segments.max()) > len(classes)):
-        raise ValueError(f"{name}_segments holds ids in [{int(segments.min())}, {int(segments.max())}], expected "
-                         f"0 (void) or 1..{len(classes)} (one per entry of {name}_classes)")
+    if segments.numel():
+        low, high = (int(v) for v in torch.aminmax(segments))
+        if low < 0 or high > len(classes):
+            raise ValueError(f"{name}_segments holds ids in [{low}, {high}], expected 0 (void) or "
+                             f"1..{len(classes)} (one per entry of {name}_classes)")
     if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
         raise ValueError(f"{name}_classes holds class ids in [{int(classes.min())}, {int(classes.max())}], "
                          f"expected 0..{num_classes - 1}")
+
+
+def _bincount(keys: Tensor, size: int) -> Tensor:
+    # On CPU, numpy's bincount is several times faster than torch's (same int64 counts).
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.bincount(keys.numpy(), minlength=size))
+    return torch.bincount(keys, minlength=size)
+
+
+def _flat_inputs(pred_segments: Tensor, pred_classes: Tensor, gt_segments: Tensor, gt_classes: Tensor,
+                 gt_iscrowd: Tensor, num_classes: int, gt_void: Tensor | None) -> tuple[Tensor, ...]:
+    """Checked inputs on ``gt_segments``' device: flat int64 pred and gt ids (extra void folded into gt id 0),
+    int64 pred and gt classes, bool crowd flags."""
+    if pred_segments.shape != gt_segments.shape:
+        raise ValueError(f"pred_segments and gt_segments must have the same shape, got "
+                         f"{tuple(pred_segments.shape)} and {tuple(gt_segments.shape)}")
+    if gt_iscrowd.shape != gt_classes.shape:
+        raise ValueError(f"gt_iscrowd must have the shape of gt_classes {tuple(gt_classes.shape)}, "
+                         f"got {tuple(gt_iscrowd.shape)}")
+    if gt_void is not None and gt_void.shape != gt_segments.shape:
+        raise ValueError(f"gt_void must have the shape of gt_segments {tuple(gt_segments.shape)}, "
+                         f"got {tuple(gt_void.shape)}")
+    _check_segments("pred", pred_segments, pred_classes, num_classes)
+    _check_segments("gt", gt_segments, gt_classes, num_classes)
+    device = gt_segments.device
+    gt = gt_segments.reshape(-1).long()
+    if gt_void is not None:
+        gt = gt.masked_fill(gt_void.reshape(-1).to(device, torch.bool), 0)
+    return (pred_segments.reshape(-1).long().to(device), pred_classes.long().to(device), gt,
+            gt_classes.long().to(device), gt_iscrowd.to(device, torch.bool))
+
+
+def _count(stats: Tensor, column: int, classes: Tensor, values: Tensor | None = None) -> None:
+    values = torch.ones(len(classes), dtype=stats.dtype, device=stats.device) if values is None else values
+    stats[:, column].index_add_(0, classes, values)
 
 
 def pq_stats(pred_segments: Tensor, pred_classes: Tensor, gt_segments: Tensor, gt_classes: Tensor,
@@ -50,54 +88,30 @@ def pq_stats(pred_segments: Tensor, pred_classes: Tensor, gt_segments: Tensor, g
     Returns float64 ``[num_classes, 4]`` on ``gt_segments``' device, columns ``(tp, fp, fn, iou_sum)``
     (see :data:`TP`, :data:`FP`, :data:`FN`, :data:`IOU_SUM`), to be summed over images.
     """
-    if pred_segments.shape != gt_segments.shape:
-        raise ValueError(f"pred_segments and gt_segments must have the same shape, got "
-                         f"{tuple(pred_segments.shape)} and {tuple(gt_segments.shape)}")
-    if gt_iscrowd.shape != gt_classes.shape:
-        raise ValueError(f"gt_iscrowd must have the shape of gt_classes {tuple(gt_classes.shape)}, "
-                         f"got {tuple(gt_iscrowd.shape)}")
-    _check_segments("pred", pred_segments, pred_classes, num_classes)
-    _check_segments("gt", gt_segments, gt_classes, num_classes)
-    device = gt_segments.device
-    gt = gt_segments.reshape(-1).long()
-    if gt_void is not None:
-        if gt_void.shape != gt_segments.shape:
-            raise ValueError(f"gt_void must have the shape of gt_segments {tuple(gt_segments.shape)}, "
-                             f"got {tuple(gt_void.shape)}")
-        gt = gt.masked_fill(gt_void.reshape(-1).to(device, torch.bool), 0)
-    pred = pred_segments.reshape(-1).long().to(device)
-    gt_classes, pred_classes = gt_classes.long().to(device), pred_classes.long().to(device)
-    crowd = gt_iscrowd.to(device, torch.bool)
+    pred, pred_classes, gt, gt_classes, crowd = _flat_inputs(pred_segments, pred_classes, gt_segments, gt_classes,
+                                                             gt_iscrowd, num_classes, gt_void)
     n_gt, n_pred = len(gt_classes), len(pred_classes)
 
     # One pass over the pixels: the (gt id, pred id) co-occurrence table, void row and column included.
-    table = torch.bincount(gt * (n_pred + 1) + pred, minlength=(n_gt + 1) * (n_pred + 1)).view(n_gt + 1, n_pred + 1)
+    table = _bincount(gt * (n_pred + 1) + pred, (n_gt + 1) * (n_pred + 1)).view(n_gt + 1, n_pred + 1)
     pred_area, gt_area = table.sum(0)[1:], table.sum(1)[1:]
     pred_on_void = table[0, 1:]
     inter = table[1:, 1:]  # G×P
 
     same_class = gt_classes[:, None] == pred_classes[None, :]
-    candidate = same_class & ~crowd[:, None] & (inter > 0)
     union = pred_area[None, :] + gt_area[:, None] - inter - pred_on_void[None, :]
-    matched = candidate & (2 * inter > union)  # IoU > 0.5 in exact integer arithmetic
-    iou = inter.double() / union.clamp_min(1).double()
-
-    stats = torch.zeros(num_classes, 4, dtype=torch.float64, device=device)
+    # IoU > 0.5 in exact integer arithmetic; at most one match per row and column (segments do not overlap).
+    matched = same_class & ~crowd[:, None] & (inter > 0) & (2 * inter > union)
     gt_idx, pred_idx = matched.nonzero(as_tuple=True)
-    match_classes = gt_classes[gt_idx]
-    stats[:, TP].index_add_(0, match_classes, torch.ones_like(match_classes, dtype=torch.float64))
-    stats[:, IOU_SUM].index_add_(0, match_classes, iou[gt_idx, pred_idx])
+    iou = inter[gt_idx, pred_idx].double() / union[gt_idx, pred_idx].double()
 
-    gt_matched = matched.any(1)
-    missed = ~gt_matched & ~crowd
-    stats[:, FN].index_add_(0, gt_classes[missed], torch.ones(int(missed.sum()), dtype=torch.float64,
-                                                              device=device))
-
-    on_own_crowd = (inter * (crowd[:, None])).sum(0)
-    ignored = 2 * (pred_on_void + on_own_crowd) > pred_area
-    false_pos = ~matched.any(0) & (pred_area > 0) & ~ignored
-    stats[:, FP].index_add_(0, pred_classes[false_pos], torch.ones(int(false_pos.sum()), dtype=torch.float64,
-                                                                   device=device))
+    stats = torch.zeros(num_classes, 4, dtype=torch.float64, device=gt.device)
+    _count(stats, TP, gt_classes[gt_idx])
+    _count(stats, IOU_SUM, gt_classes[gt_idx], iou)
+    _count(stats, FN, gt_classes[~matched.any(1) & ~crowd])
+    on_own_crowd = (inter * (same_class & crowd[:, None])).sum(0)
+    excused = 2 * (pred_on_void + on_own_crowd) > pred_area  # more than half on void or crowd of its class
+    _count(stats, FP, pred_classes[~matched.any(0) & (pred_area > 0) & ~excused])
     return stats
 
 

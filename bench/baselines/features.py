@@ -1,0 +1,55 @@
+"""Pooled ground-truth mask embeddings of an adapt split, cached on disk per base model and split.
+
+Fine-tuning only ever sees these vectors, so the expensive backbone pass happens once per (model, split), and
+every later epoch, method and rerun reads the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.io import atomic_write_bytes, cache_dir
+from bench.proposals import pool_features
+
+
+def _key(identity: str, dataset: Any) -> str:
+    task = dataset.task
+    desc = {"model": identity, "task": task.name, "format": task.format, "root": task.root,
+            "options": task.options, "classes": list(dataset.vocabulary.classes), "length": len(dataset),
+            "split": getattr(dataset.reader, "split", None)}
+    return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@torch.no_grad()
+def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8) -> tuple[torch.Tensor, list[str]]:
+    """float32 ``N×D`` L2-normalised embeddings of every non-crowd ground-truth segment, and their class names.
+
+    ``base`` is a base segmenter (its dense features, the ones classified against text); ``dataset`` a
+    :class:`datamodules.sequence.TaskDataset`. Cached under ``<cache>/features/``.
+    """
+    path = cache_dir() / "features" / f"{_key(base.identity, dataset)}.pt"
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        return cached["embeddings"], cached["names"]
+    embeddings, names = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([base.preprocess(s["image"]) for s in batch])
+        for sample, feats in zip(batch, base.dense_features(images)):
+            classes = sample["segment_classes"]
+            areas = torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:]
+            keep = ~sample["segment_iscrowd"] & (areas > 0)
+            pooled = pool_features(feats, sample["segments"], len(classes))[keep]
+            embeddings.append(F.normalize(pooled, dim=1))
+            names += [dataset.vocabulary.classes[c] for c in classes[keep].tolist()]
+    out = torch.cat(embeddings).float() if embeddings else torch.zeros(0, base.dim)
+    buf = io.BytesIO()
+    torch.save({"embeddings": out, "names": names}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return out, names

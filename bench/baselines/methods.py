@@ -1,0 +1,112 @@
+"""finetune / replay / joint: one adapter-training method with two switches."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.baselines.adapter import Adapter, AdapterTraining, count_parameters
+from bench.baselines.features import mask_embeddings
+from bench.io import atomic_write_bytes
+from bench.methods import Method, RunContext
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh permutation per epoch, seeded by (seed, epoch): a run resumed mid-step sees the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _union(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+class AdapterFinetune(Method):
+    def __init__(self, name: str, description: str, replay: bool = False, joint: bool = False) -> None:
+        self.name, self.description, self.replay, self.joint = name, description, replay, joint
+        self.buffer: tuple[torch.Tensor, list[str]] = (torch.zeros(0), [])
+
+    def _state_path(self, ctx: RunContext, step: int) -> Path:
+        return ctx.out / "adapter" / f"step-{step}.pt"
+
+    def setup(self, ctx: RunContext, steps_done: int) -> None:
+        adapter = Adapter(ctx.module.base.dim)
+        self.buffer = (torch.zeros(0, ctx.module.base.dim), [])
+        if steps_done:
+            state = torch.load(self._state_path(ctx, steps_done), weights_only=True)
+            adapter.load_state_dict(state["adapter"])
+            self.buffer = (state["buffer_embeddings"], state["buffer_names"])
+        ctx.module.adapter = adapter
+
+    def _training_data(self, ctx: RunContext, t: int) -> tuple[torch.Tensor, list[str]]:
+        base, dm = ctx.module.base, ctx.dm
+        tasks = range(t + 1) if self.joint else [t]
+        parts = [mask_embeddings(base, dm.adapt_dataset(j), ctx.cfg.batch_size) for j in tasks]
+        if self.replay:
+            parts.append(self.buffer)
+        return torch.cat([p[0] for p in parts]), [n for p in parts for n in p[1]]
+
+    def adapt(self, ctx: RunContext, t: int) -> dict[str, Any]:
+        cfg, module = ctx.cfg.finetune, ctx.module
+        if self.joint:  # the upper bound retrains from the base model on everything seen so far
+            module.adapter = Adapter(module.base.dim)
+        x, names = self._training_data(ctx, t)
+        vocabulary = _union(names)
+        y = torch.tensor([vocabulary.index(n) for n in names])
+        text = module.base.text_embeddings(vocabulary)
+        training = AdapterTraining(module.adapter, text, module.base.logit_scale, cfg.lr, cfg.weight_decay)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
+                                             sampler=EpochShuffle(len(y), ctx.cfg.seed * 1000 + t))
+        checkpoints = ctx.out / "checkpoints" / f"step-{t + 1}"
+        last = checkpoints / "last.ckpt"
+        trainer = ctx.trainer(max_epochs=cfg.epochs, checkpoint_dir=checkpoints)
+        trainer.fit(training, loader, ckpt_path=str(last) if last.exists() else None)
+        if self.replay:
+            self._update_buffer(ctx, t)
+        self._save(ctx, t + 1)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        loss = trainer.callback_metrics.get("loss_epoch")
+        return {"adapt_samples": len(y), "train_loss": None if loss is None else round(float(loss), 5),
+                "epochs": cfg.epochs}
+
+    def _update_buffer(self, ctx: RunContext, t: int) -> None:
+        """Keep the first ``replay_per_class`` embeddings of each class of task t (a fixed, seedless choice)."""
+        x, names = mask_embeddings(ctx.module.base, ctx.dm.adapt_dataset(t), ctx.cfg.batch_size)
+        per_class = ctx.cfg.finetune.replay_per_class
+        counts: dict[str, int] = {}
+        for n in self.buffer[1]:
+            counts[n] = counts.get(n, 0) + 1
+        keep = []
+        for i, n in enumerate(names):
+            if counts.get(n, 0) < per_class:
+                counts[n] = counts.get(n, 0) + 1
+                keep.append(i)
+        self.buffer = (torch.cat([self.buffer[0], x[keep]]), self.buffer[1] + [names[i] for i in keep])
+
+    def _save(self, ctx: RunContext, step: int) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"adapter": ctx.module.adapter.state_dict(), "buffer_embeddings": self.buffer[0],
+                    "buffer_names": self.buffer[1]}, buf)
+        atomic_write_bytes(self._state_path(ctx, step), buf.getvalue())
+
+    def state_size(self, ctx: RunContext) -> dict[str, int]:
+        out = {"trainable_params": count_parameters(ctx.module.adapter)}
+        if self.replay:
+            out["replay_buffer"] = len(self.buffer[1])
+        return out

@@ -1,0 +1,118 @@
+"""``bench data check``: for each task of a sequence, what is on disk, what is missing, and the layout expected.
+
+Loads no model. Each split's paths come from its reader's ``expected_layout``; when they are all present the
+reader is built (indexing files and parsing annotation json, but decoding no image) to count the samples and
+to surface the first error a run would meet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datamodules.contract import DataError
+from datamodules.labelmaps import LayoutEntry
+from datamodules.paths import expand_root
+from datamodules.registry import get_reader
+from datamodules.sequence import SequenceSpec, SplitSpec, TaskSpec
+
+
+def _coco_panoptic_layout(root: Path, split: str, vocabulary: object = None, image_dir: str = "{split}",
+                          panoptic_dir: str = "panoptic_{split}", json: str = "annotations/panoptic_{split}.json",
+                          **_: object) -> list[LayoutEntry]:
+    root = Path(root)
+    return [LayoutEntry(root / image_dir.format(split=split), "image folder"),
+            LayoutEntry(root / panoptic_dir.format(split=split), "panoptic PNG folder (id = R + 256·G + 256²·B)"),
+            LayoutEntry(root / json.format(split=split), "COCO panoptic json", kind="file")]
+
+
+# Layouts of readers that do not carry an ``expected_layout`` classmethod themselves.
+EXTRA_LAYOUTS = {"coco_panoptic": _coco_panoptic_layout}
+
+
+@dataclass
+class SplitReport:
+    role: str  # "adapt" or "eval"
+    split: str
+    present: list[LayoutEntry] = field(default_factory=list)
+    missing: list[LayoutEntry] = field(default_factory=list)
+    samples: int | None = None  # None: not counted (something missing, or counting disabled)
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and self.error is None
+
+
+@dataclass
+class TaskReport:
+    task: str
+    format: str
+    root: Path
+    vocabulary_size: int
+    splits: list[SplitReport] = field(default_factory=list)
+    error: str | None = None  # a problem with the task itself (unknown format, bad options)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(s.ok for s in self.splits)
+
+
+def _check_split(task: TaskSpec, role: str, split: SplitSpec, root: Path, count: bool) -> SplitReport:
+    report = SplitReport(role, split.split)
+    reader_cls = get_reader(task.format)
+    layout = getattr(reader_cls, "expected_layout", None) or EXTRA_LAYOUTS.get(task.format)
+    if layout is None:  # e.g. synth: generated on first use, nothing to find on disk
+        report.note = "no fixed layout to check (this format makes or finds its data when first read)"
+        return report
+    for e in layout(root, split.split, task.reader_vocabulary, **task.options):
+        (report.present if e.exists() else report.missing).append(e)
+    if count and not report.missing:
+        try:
+            reader = reader_cls(root=root, split=split.split, vocabulary=task.reader_vocabulary, **task.options)
+            report.samples = min(len(reader), split.limit) if split.limit else len(reader)
+        except (DataError, TypeError) as e:
+            report.error = str(e)
+    return report
+
+
+def check_sequence(spec: SequenceSpec, data_root: str | Path, count: bool = True) -> list[TaskReport]:
+    """One report per task of ``spec``, its data looked for under ``data_root``.
+
+    ``count``: build each reader whose paths are all present, to count samples and catch annotation errors
+    (parsing a large json such as LVIS train takes a while); without it only paths are checked.
+    """
+    reports = []
+    for task in spec.tasks:
+        root = expand_root(task.root, data_root)
+        report = TaskReport(task.name, task.format, root, len(task.vocabulary))
+        try:
+            for role, split in (("adapt", task.adapt), ("eval", task.eval)):
+                report.splits.append(_check_split(task, role, split, root, count))
+        except (DataError, TypeError) as e:
+            report.error = str(e)
+        reports.append(report)
+    return reports
+
+
+def format_check(reports: list[TaskReport], spec: SequenceSpec | None = None) -> str:
+    """Human-readable text of :func:`check_sequence`'s reports, one block per task, a summary line last."""
+    lines = [f"sequence {spec.name} ({spec.path})"] if spec is not None else []
+    for r in reports:
+        lines.append(f"{'ok     ' if r.ok else 'MISSING'} task {r.task!r}: format {r.format}, "
+                     f"{r.vocabulary_size} classes, root {r.root}")
+        if r.error:
+            lines.append(f"    error: {r.error}")
+        for s in r.splits:
+            count = f", {s.samples} samples" if s.samples is not None else ""
+            lines.append(f"    {s.role} split {s.split!r}{count}")
+            lines += [f"      found   {e.path}  ({e.what})" for e in s.present]
+            lines += [f"      MISSING {e.path}  ({e.what})" for e in s.missing]
+            if s.error:
+                lines.append(f"      error: {s.error}")
+            if s.note:
+                lines.append(f"      note: {s.note}")
+    bad = sum(not r.ok for r in reports)
+    lines.append(f"{len(reports) - bad}/{len(reports)} tasks ready" + (f"; {bad} need data or fixes" if bad else ""))
+    return "\n".join(lines)

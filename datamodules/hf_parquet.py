@@ -1,0 +1,192 @@
+"""A Hugging Face ``datasets`` source: COCO-panoptic-style rows streamed from parquet files.
+
+Rows are read through ``datasets.load_dataset("parquet", data_files=..., streaming=True)``, so no split is ever
+loaded whole, and yield the same samples as :class:`~datamodules.coco_panoptic.CocoPanopticReader` on the same
+data. Layout under ``root`` (templates formatted with the split)::
+
+    {data_files}      parquet file(s), a glob; default ``{split}/*.parquet``; rows in file-name order
+    {categories}      json with the COCO ``categories`` list (a COCO panoptic json will do), or a bare list;
+                      default ``categories.json``
+
+Columns (names are options): ``image`` (encoded image: bytes, ``{"bytes": ...}`` as the ``datasets`` Image
+feature stores it, or a decoded PIL image), ``panoptic`` (the panoptic PNG, same encodings; id = R + 256·G +
+256²·B), ``segments_info`` (list of ``{id, category_id, iscrowd}``, or its JSON text), and optionally
+``file_name`` (the image's file name, for ``meta.file_id``). Categories are matched to the vocabulary by name,
+as the native reader does.
+
+Random access is served by a forward cursor over the stream: reading indices in order (a DataLoader without
+shuffling) costs one pass; going back restarts the stream at that row.
+"""
+
+from __future__ import annotations
+
+import io
+import json as jsonlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.coco_panoptic import decode_panoptic_ids
+from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.labelmaps import PIL_ERRORS, LayoutEntry, describe, image_tensor
+from datamodules.registry import register_reader
+from datamodules.vocabulary import Vocabulary
+
+
+def _categories(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: categories file missing; expected a json with the COCO 'categories' list")
+    try:
+        doc = jsonlib.loads(path.read_text(encoding="utf-8"))
+    except (jsonlib.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); the file may be truncated") from e
+    cats = doc.get("categories") if isinstance(doc, dict) else doc
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and {"id", "name"} <= c.keys() for c in cats):
+        raise DataError(f"{path}: expected a list of categories with 'id' and 'name' (or an object holding one "
+                        "under 'categories')")
+    return cats
+
+
+def _decode(value: Any, where: str, what: str) -> np.ndarray:
+    """``H×W×3`` uint8 array of an encoded image cell (bytes, ``{"bytes": ...}`` or PIL image)."""
+    if isinstance(value, Image.Image):
+        return np.asarray(value.convert("RGB"))
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(data, bytes | bytearray):
+        raise DataError(f"{where}: column {what!r} holds {type(value).__name__}; expected encoded image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except PIL_ERRORS as e:
+        raise DataError(f"{where}: cannot decode column {what!r} ({e})") from e
+
+
+def panoptic_maps(ids: np.ndarray, segments_info: list[dict[str, Any]], local: dict[int, int | None],
+                  where: str) -> tuple[np.ndarray, np.ndarray, list[int], list[bool]]:
+    """Segment map, semantic map, class and crowd per kept segment, as the native COCO panoptic reader makes.
+
+    Kept: segments of a category in the vocabulary with at least one pixel, in ``segments_info`` order.
+    """
+    info = {}
+    for s in segments_info:
+        if int(s["category_id"]) not in local:
+            raise DataError(f"{where}: segment {s['id']} has category_id {s['category_id']}, which is not in "
+                            "the categories")
+        info[int(s["id"])] = (local[int(s["category_id"])], bool(s.get("iscrowd", 0)))
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    present = set(uniq.tolist())
+    for uid in present:
+        if uid != 0 and uid not in info:
+            raise DataError(f"{where}: segment id {uid} is in the panoptic PNG but not in segments_info")
+    kept = [sid for sid in (int(s["id"]) for s in segments_info)
+            if sid != 0 and sid in present and info[sid][0] is not None]
+    seg_of = {sid: k for k, sid in enumerate(kept, 1)}
+    seg_lut = np.array([seg_of.get(u, 0) for u in uniq.tolist()], dtype=np.int64)
+    cls_lut = np.array([info[u][0] if u in seg_of else IGNORE_INDEX for u in uniq.tolist()], dtype=np.int64)
+    inverse = inverse.reshape(ids.shape)
+    return seg_lut[inverse], cls_lut[inverse], [info[s][0] for s in kept], [info[s][1] for s in kept]
+
+
+@register_reader("hf_parquet")
+class HFParquetPanopticReader:
+    """COCO panoptic rows from parquet through Hugging Face ``datasets`` streaming. ``limit`` keeps N rows."""
+
+    def __init__(self, root: Path, split: str, vocabulary: Vocabulary, data_files: str = "{split}/*.parquet",
+                 categories: str = "categories.json", image_column: str = "image",
+                 panoptic_column: str = "panoptic", segments_column: str = "segments_info",
+                 file_name_column: str = "file_name", limit: int | None = None) -> None:
+        self.root, self.split, self.vocabulary = Path(root), split, vocabulary
+        self.columns = {"image": image_column, "panoptic": panoptic_column, "segments": segments_column,
+                        "file_name": file_name_column}
+        entries = self.expected_layout(self.root, split, vocabulary, data_files=data_files, categories=categories)
+        layout = describe(entries)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
+        self.pattern = data_files.format(split=split)
+        self.files = sorted(self.root.glob(self.pattern))
+        if not self.files:
+            raise DataError(f"{self.root / self.pattern}: no parquet file matches; {layout}")
+        names = set(vocabulary.classes)
+        self._local = {int(c["id"]): (vocabulary.index(c["name"]) if c["name"] in names else None)
+                       for c in _categories(entries[1].path)}
+        self._length = sum(self._num_rows(f) for f in self.files)
+        if limit:
+            self._length = min(self._length, limit)
+        self._stream: Any = None
+        self._cursor: Any = None
+        self._pos = 0
+
+    @classmethod
+    def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
+                        data_files: str = "{split}/*.parquet", categories: str = "categories.json",
+                        **_: Any) -> list[LayoutEntry]:
+        pattern = data_files.format(split=split)
+        return [LayoutEntry(Path(root) / Path(pattern).parent, f"parquet files '{Path(pattern).name}'"),
+                LayoutEntry(Path(root) / categories.format(split=split), "categories json", kind="file")]
+
+    @staticmethod
+    def _num_rows(path: Path) -> int:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
+            raise DataError(f"{path}: not a readable parquet file ({e})") from e
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A live stream cannot be pickled (DataLoader workers): each copy opens its own.
+        return {**self.__dict__, "_stream": None, "_cursor": None, "_pos": 0}
+
+    def _row(self, index: int) -> dict[str, Any]:
+        if self._cursor is None or index < self._pos:
+            if self._stream is None:
+                import datasets
+
+                self._stream = datasets.load_dataset("parquet", data_files=[str(f) for f in self.files],
+                                                     split="train", streaming=True)
+            self._cursor, self._pos = iter(self._stream.skip(index) if index else self._stream), index
+        try:
+            while self._pos < index:
+                next(self._cursor)
+                self._pos += 1
+            row = next(self._cursor)
+        except StopIteration:
+            raise DataError(f"{self.root / self.pattern}: stream ended before row {index}; the parquet "
+                            f"metadata counts {self._length} rows") from None
+        self._pos += 1
+        return row
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} rows in {self.root / self.pattern}")
+        index %= len(self)
+        row = self._row(index)
+        where = f"{self.root / self.pattern} row {index}"
+        for key in ("image", "panoptic", "segments"):
+            if self.columns[key] not in row:
+                raise DataError(f"{where}: column {self.columns[key]!r} missing; columns: {sorted(row)}")
+        rgb = _decode(row[self.columns["image"]], where, self.columns["image"])
+        pan = _decode(row[self.columns["panoptic"]], where, self.columns["panoptic"])
+        if pan.shape != rgb.shape:
+            raise DataError(f"{where}: panoptic PNG is {pan.shape[1]}×{pan.shape[0]} (W×H) but the image is "
+                            f"{rgb.shape[1]}×{rgb.shape[0]}; expected the same size")
+        info = row[self.columns["segments"]]
+        if isinstance(info, str):
+            info = jsonlib.loads(info)
+        segments, semantic, classes, crowd = panoptic_maps(decode_panoptic_ids(pan), info, self._local, where)
+        name = row.get(self.columns["file_name"]) or f"{index:06d}"
+        return {
+            "image": image_tensor(rgb),
+            "semantic": torch.from_numpy(semantic),
+            "segments": torch.from_numpy(segments),
+            "segment_classes": torch.tensor(classes, dtype=torch.int64),
+            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
+            "meta": {"dataset": self.root.name, "file_id": Path(str(name)).stem, "source": where,
+                     "size": tuple(rgb.shape[:2])},
+        }

@@ -1,0 +1,153 @@
+"""Fine-tuning baselines next to kNN-CLIP: who forgets, who changes parameters, and `compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench.compare import compare
+from bench.run import build_config, run
+
+SMALL = ("adapt_limit=24", "eval_limit=8", "progress=false")
+
+
+def _run(out: Path, *args: str) -> dict[str, Any]:
+    cfg, spec = build_config([f"output_dir={out}", *SMALL, *args])
+    return run(cfg, spec)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("baselines")
+    return {m: _run(out, f"METHOD={m}") for m in ("knn", "finetune", "replay", "joint")}
+
+
+def test_finetune_forgets_and_knn_does_not(records):
+    finetune = records["finetune"]["matrix"]["miou"]
+    knn = records["knn"]["matrix"]["miou"]
+    assert finetune[0][0] - finetune[-1][0] >= 5, finetune
+    assert knn[0][0] - knn[-1][0] <= 0.5, knn
+
+
+def test_joint_is_the_fine_tuning_upper_bound_and_replay_helps(records):
+    final = {m: r["summary"]["miou"]["final_average"] for m, r in records.items()}
+    assert final["joint"] >= final["finetune"], final
+    forgetting = {m: r["summary"]["miou"]["mean_forgetting"] for m, r in records.items()}
+    assert forgetting["replay"] <= forgetting["finetune"], forgetting
+
+
+def test_records_report_trainable_parameters_and_adapt_time(records):
+    for method in ("finetune", "replay", "joint"):
+        state = records[method]["state_size"][-1]
+        assert state["trainable_params"] == 64 * 64 + 64  # the residual linear adapter on 64-d embeddings
+        assert all(step["adapt_s"] > 0 and step["adapt_samples"] > 0 for step in records[method]["timings"]["steps"])
+    assert records["replay"]["state_size"][-1]["replay_buffer"] > 0
+
+
+def _knn_module():
+    from bench.config import KnnConfig
+    from bench.memory import Memory
+    from bench.models import build_base, build_embedder
+    from bench.module import ContinualSegmenter
+    from bench.proposals import build_proposer
+
+    base = build_base("tiny-random")
+    embedder = build_embedder("clip", base)
+    return ContinualSegmenter(base, build_proposer("gt"), embedder, Memory(embedder.dim, embedder.identity),
+                              KnnConfig())
+
+
+def test_knn_adapt_changes_no_parameter_and_builds_no_graph(tmp_path):
+    import lightning as L
+
+    from datamodules.sequence import SequenceDataModule, load_sequence
+
+    module = _knn_module()
+    spec = load_sequence("synth")
+    dm = SequenceDataModule(spec, adapt_limit=8)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    seen = {}
+    original = module.memory.add
+
+    def spy(embeddings, names):
+        seen["grad_enabled"] = torch.is_grad_enabled()
+        return original(embeddings, names)
+
+    module.memory.add = spy
+    module.begin_adapt(spec.tasks[0].vocabulary)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
+    assert len(module.memory) > 0 and seen["grad_enabled"] is False
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in module.parameters())
+
+
+def test_finetune_changes_the_adapter(tmp_path):
+    _run(tmp_path, "METHOD=finetune", "max_steps=1", "finetune.epochs=2")
+    state = torch.load(next(tmp_path.glob("synth/finetune/*/adapter/step-1.pt")), weights_only=True)
+    assert state["adapter"]["linear.weight"].abs().sum() > 0  # it starts at exactly zero
+
+
+def test_finetune_resumes_mid_step_from_its_last_epoch(tmp_path, monkeypatch):
+    from bench.baselines.adapter import AdapterTraining
+
+    args = ("METHOD=finetune", "max_steps=1", "finetune.epochs=4", "SEQ=synth")
+    reference = _run(tmp_path / "ref", *args)
+    epochs: list[int] = []
+    original = AdapterTraining.on_train_epoch_end if hasattr(AdapterTraining, "on_train_epoch_end") else None
+
+    def crash_after_two(self):
+        epochs.append(self.current_epoch)
+        if original is not None:
+            original(self)
+        if self.current_epoch == 1 and crash["on"]:
+            raise RuntimeError("killed in epoch 2")
+
+    crash = {"on": True}
+    monkeypatch.setattr(AdapterTraining, "on_train_epoch_end", crash_after_two)
+    with pytest.raises(RuntimeError, match="killed in epoch 2"):
+        _run(tmp_path / "cut", *args)
+    assert list(tmp_path.glob("cut/synth/finetune/*/checkpoints/step-1/last.ckpt"))
+    crash["on"] = False
+    epochs.clear()
+    resumed = _run(tmp_path / "cut", *args)
+    # The crash came in epoch 1 before its checkpoint: training resumes at epoch 1, epoch 0 is not redone.
+    assert epochs == [1, 2, 3]
+    assert resumed["matrix"] == reference["matrix"]
+    assert not list(tmp_path.glob("cut/synth/finetune/*/checkpoints/step-1"))
+
+
+def test_training_progress_shows_loss_and_throughput(tmp_path, monkeypatch):
+    from bench.baselines.adapter import AdapterTraining
+
+    logged: set[str] = set()
+    original = AdapterTraining.log
+
+    def spy(self, name, value, *a, prog_bar=False, **k):
+        if prog_bar:
+            logged.add(name)
+        return original(self, name, value, *a, prog_bar=prog_bar, **k)
+
+    monkeypatch.setattr(AdapterTraining, "log", spy)
+    _run(tmp_path, "METHOD=finetune", "max_steps=1", "finetune.epochs=2", "finetune.batch_size=16")
+    assert {"loss", "samples/s"} <= logged
+
+
+def test_compare_writes_one_table_from_the_records(tmp_path):
+    markdown = compare([f"output_dir={tmp_path / 'runs'}", *SMALL, "adapt_limit=8", "eval_limit=4",
+                        "finetune.epochs=2"], methods=("zeroshot", "knn", "finetune"), out_dir=tmp_path / "cmp")
+    table = (tmp_path / "cmp" / "synth.md").read_text()
+    assert table == markdown
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "cmp" / "synth.csv").open()))
+    assert [r["method"] for r in rows] == ["zeroshot", "knn", "finetune"]
+    knn_record = next((tmp_path / "runs").glob("synth/knn/*/record.json"))
+    import json
+
+    summary = json.loads(knn_record.read_text())["summary"]["miou"]
+    assert rows[1]["final average"] == f"{summary['final_average']:.1f}"
+    assert "memory entries" in rows[1]["kept state"] and "trainable parameters" in rows[2]["kept state"]
