@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from bench.config import KnnConfig
 from bench.fusion import fuse, retrieval_distribution
-from bench.inference import semantic_from_proposals
+from bench.inference import panoptic_from_proposals, semantic_from_proposals
 from bench.memory import Memory
-from bench.metrics import MeanIoU
+from bench.metrics import MeanIoU, PanopticQuality
 from bench.models import BaseSegmenter, DenseBackbone
-from bench.proposals import Proposer, pool_features
+from bench.proposals import Proposer, ground_truth, pool_features
 from datamodules.contract import IGNORE_INDEX
 from datamodules.vocabulary import Vocabulary
 
@@ -37,7 +37,10 @@ class ContinualSegmenter(L.LightningModule):
         self.eval_vocabularies: list[Vocabulary] = []
         self.text: list[torch.Tensor] = []
         self.metrics = torch.nn.ModuleList()
+        self.pq_metrics = torch.nn.ModuleList()
         self.results: list[dict[str, torch.Tensor]] = []
+        self.pq_results: list[dict[str, Any] | None] = []
+        self.proposals_are_instances = proposer is ground_truth
 
     # -- adapt: one pass, no gradients, ground-truth segments into the memory -------------------------------------
     def begin_adapt(self, vocabulary: Vocabulary) -> None:
@@ -60,10 +63,14 @@ class ContinualSegmenter(L.LightningModule):
         return len(names)
 
     # -- evaluate: every vocabulary seen so far, each with its own metric -----------------------------------------
-    def begin_eval(self, vocabularies: list[Vocabulary]) -> None:
+    def begin_eval(self, vocabularies: list[Vocabulary], panoptic: list[bool] | None = None) -> None:
+        """Score each vocabulary with mIoU, and with PQ where ``panoptic[j]`` (real instance annotations)."""
         self.eval_vocabularies = list(vocabularies)
         self.text = [self.base.text_embeddings(list(v.classes)) for v in vocabularies]
         self.metrics = torch.nn.ModuleList([MeanIoU(len(v), ignore_index=IGNORE_INDEX) for v in vocabularies])
+        flags = panoptic or [False] * len(vocabularies)
+        self.pq_metrics = torch.nn.ModuleList([PanopticQuality(len(v), v.is_thing) if f else torch.nn.Identity()
+                                               for v, f in zip(vocabularies, flags)])
         self._luts = [self._memory_to_local(v) for v in vocabularies]
 
     def _memory_to_local(self, vocabulary: Vocabulary) -> np.ndarray | None:
@@ -99,6 +106,15 @@ class ContinualSegmenter(L.LightningModule):
             probs = self.class_probabilities(label_map, base_feats[i],
                                              None if memory_feats is None else memory_feats[i], dataloader_idx)
             self.metrics[dataloader_idx].update(semantic_from_proposals(label_map, probs), sample["semantic"])
+            pq = self.pq_metrics[dataloader_idx]
+            if isinstance(pq, PanopticQuality):
+                is_thing = torch.tensor(self.eval_vocabularies[dataloader_idx].is_thing)
+                # Ground-truth proposals are instances already; superpixels of one object are joined.
+                segments, classes = panoptic_from_proposals(label_map, probs, is_thing,
+                                                            merge_things=not self.proposals_are_instances)
+                pq.update(segments, classes, sample["segments"], sample["segment_classes"],
+                          sample["segment_iscrowd"])
 
     def on_test_epoch_end(self) -> None:
         self.results = [m.compute() for m in self.metrics]
+        self.pq_results = [m.compute() if isinstance(m, PanopticQuality) else None for m in self.pq_metrics]

@@ -103,7 +103,7 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
                           f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
     if previous is not None and previous["complete"]:
         print(f"already complete: {record_path}")
-        print(format_matrix(previous))
+        print(_tables(previous))
         return previous
 
     L.seed_everything(cfg.seed, verbose=False)
@@ -131,16 +131,46 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
         if record["steps_done"] == len(spec.tasks):
             record["complete"] = True
             atomic_write_json(record_path, record)
-            atomic_write_text(out / "table.txt", format_matrix(record) + "\n")
+            atomic_write_text(out / "table.txt", _tables(record) + "\n")
             pngs = {m: heatmap(record, m, out / f"heatmap-{m}.png") for m in record["matrix"]}
             log_final(loggers, record, pngs, memory_dir=out / "memory" / f"step-{len(spec.tasks)}",
                       log_memory=cfg.wandb_memory and method.name == "knn")
         ok = True
     finally:
         finish(loggers, success=ok)
-    print(format_matrix(record))
+    print(_tables(record))
     print(f"record: {record_path}")
     return record
+
+
+def _tables(record: dict[str, Any]) -> str:
+    return "\n\n".join(format_matrix(record, m) for m in ("miou", "pq") if m in record["matrix"])
+
+
+PQ_METRICS = {"pq": ("All", "pq"), "sq": ("All", "sq"), "rq": ("All", "rq"), "pq_things": ("Things", "pq"),
+              "pq_stuff": ("Stuff", "pq")}
+
+
+def _record_pq(record: dict[str, Any], results: list[dict[str, Any] | None], t: int) -> None:
+    """PQ rows for tasks with panoptic annotations (``null`` cells for the others).
+
+    The continual summary (forgetting, BWT) needs every task scored, so it is given only when all tasks are
+    panoptic; otherwise the PQ summary holds the final average over the panoptic tasks alone.
+    """
+    if not any(r is not None for r in results) and not any(m in record["matrix"] for m in PQ_METRICS):
+        return
+    T = len(record["tasks"])
+    for metric, (group, key) in PQ_METRICS.items():
+        matrix = record["matrix"].setdefault(metric, [[None] * T for _ in range(T)])
+        for j, result in enumerate(results):
+            matrix[t][j] = None if result is None else _percent(torch.tensor(result[group][key]))
+        scored = [v for v in matrix[t][: t + 1] if v is not None]
+        if all(v is not None for v in matrix[t][: t + 1]):
+            record["summary"][metric] = continual.summarize(matrix[: t + 1])
+        else:
+            record["summary"][metric] = {"final_average": sum(scored) / len(scored) if scored else None,
+                                         "average_incremental": None, "forgetting": [None] * (t + 1),
+                                         "mean_forgetting": None, "bwt": None}
 
 
 def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> None:
@@ -154,7 +184,8 @@ def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> No
     record["state_size"].append(method.state_size(ctx))
 
     tick = time.perf_counter()
-    module.begin_eval([spec.tasks[j].vocabulary for j in range(t + 1)])
+    panoptic = [dm.eval_dataset(j).panoptic for j in range(t + 1)]
+    module.begin_eval([spec.tasks[j].vocabulary for j in range(t + 1)], panoptic)
     ctx.trainer().test(module, datamodule=dm, verbose=False)
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
     timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
@@ -166,6 +197,7 @@ def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> No
         names = spec.tasks[j].vocabulary.classes
         per_class[spec.tasks[j].name] = {n: _percent(v) for n, v in zip(names, result["per_class_iou"])}
     record["per_class_iou"].append(per_class)
+    _record_pq(record, module.pq_results, t)
     record["timings"]["steps"].append(timing)
     record["steps_done"] = t + 1
     record["summary"]["miou"] = continual.summarize(record["matrix"]["miou"][: t + 1])

@@ -17,19 +17,6 @@ from datamodules.registry import get_reader
 from datamodules.sequence import SequenceSpec, SplitSpec, TaskSpec
 
 
-def _coco_panoptic_layout(root: Path, split: str, vocabulary: object = None, image_dir: str = "{split}",
-                          panoptic_dir: str = "panoptic_{split}", json: str = "annotations/panoptic_{split}.json",
-                          **_: object) -> list[LayoutEntry]:
-    root = Path(root)
-    return [LayoutEntry(root / image_dir.format(split=split), "image folder"),
-            LayoutEntry(root / panoptic_dir.format(split=split), "panoptic PNG folder (id = R + 256·G + 256²·B)"),
-            LayoutEntry(root / json.format(split=split), "COCO panoptic json", kind="file")]
-
-
-# Layouts of readers that do not carry an ``expected_layout`` classmethod themselves.
-EXTRA_LAYOUTS = {"coco_panoptic": _coco_panoptic_layout}
-
-
 @dataclass
 class SplitReport:
     role: str  # "adapt" or "eval"
@@ -62,7 +49,7 @@ class TaskReport:
 def _check_split(task: TaskSpec, role: str, split: SplitSpec, root: Path, count: bool) -> SplitReport:
     report = SplitReport(role, split.split)
     reader_cls = get_reader(task.format)
-    layout = getattr(reader_cls, "expected_layout", None) or EXTRA_LAYOUTS.get(task.format)
+    layout = getattr(reader_cls, "expected_layout", None)
     if layout is None:  # e.g. synth: generated on first use, nothing to find on disk
         report.note = "no fixed layout to check (this format makes or finds its data when first read)"
         return report

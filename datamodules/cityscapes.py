@@ -92,6 +92,7 @@ class CityscapesReader:
                  image_dir: str = "leftImg8bit/{split}", gt_dir: str = "gtFine/{split}",
                  limit: int | None = None) -> None:
         self.root, self.split, self.vocabulary, self.instances = Path(root), split, vocabulary, bool(instances)
+        self.panoptic = self.instances  # PQ is scored only when thing instances are read
         if len(vocabulary) != NUM_CLASSES:
             raise DataError(f"cityscapes: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; the "
                             f"labels map to the {NUM_CLASSES} train ids in order (tasks/vocab/cityscapes19.txt)")

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.labelmaps import LayoutEntry, describe, require_dirs
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
@@ -43,10 +44,6 @@ class _Record:
     png_path: Path
     size: tuple[int, int] | None  # (H, W) from the json, when given
     segments: tuple[_Segment, ...]
-
-
-def _layout(root: Path, image_dir: str, panoptic_dir: str, json: str) -> str:
-    return f"expected the COCO panoptic layout {root}/{{{image_dir}/, {panoptic_dir}/, {json}}}"
 
 
 def load_panoptic_json(path: Path, layout: str) -> dict[str, Any]:
@@ -103,19 +100,19 @@ class CocoPanopticReader:
     ``limit`` keeps the first N annotations (None or 0 = all, as in the sequence YAML).
     """
 
+    panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
+
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, image_dir: str = "{split}",
                  panoptic_dir: str = "panoptic_{split}", json: str = "annotations/panoptic_{split}.json",
                  limit: int | None = None) -> None:
         self.root, self.split, self.vocabulary = Path(root), split, vocabulary
-        image_dir, panoptic_dir, json = (t.format(split=split) for t in (image_dir, panoptic_dir, json))
-        layout = _layout(self.root, image_dir, panoptic_dir, json)
+        entries = self.expected_layout(self.root, split, vocabulary, image_dir=image_dir,
+                                       panoptic_dir=panoptic_dir, json=json)
+        layout = describe(entries)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root does not exist; {layout}")
-        self.image_dir, self.panoptic_dir = self.root / image_dir, self.root / panoptic_dir
-        self.json_path = self.root / json
-        for folder, what in ((self.image_dir, "image folder"), (self.panoptic_dir, "panoptic PNG folder")):
-            if not folder.is_dir():
-                raise DataError(f"{folder}: {what} missing; {layout}")
+        require_dirs(entries[:2], layout)  # the json gets its own checks (missing, truncated, malformed)
+        self.image_dir, self.panoptic_dir, self.json_path = (e.path for e in entries)
         doc = load_panoptic_json(self.json_path, layout)
         try:
             self._records = self._index(doc)
@@ -124,6 +121,17 @@ class CocoPanopticReader:
                             "expected COCO panoptic annotations") from e
         if limit:
             self._records = self._records[:limit]
+
+    @classmethod
+    def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
+                        image_dir: str = "{split}", panoptic_dir: str = "panoptic_{split}",
+                        json: str = "annotations/panoptic_{split}.json", **_: Any) -> list[LayoutEntry]:
+        """The image folder, the panoptic PNG folder and the json of ``split`` (templates formatted)."""
+        root = Path(root)
+        return [LayoutEntry(root / image_dir.format(split=split), "image folder"),
+                LayoutEntry(root / panoptic_dir.format(split=split),
+                            "panoptic PNG folder (id = R + 256·G + 256²·B)"),
+                LayoutEntry(root / json.format(split=split), "COCO panoptic json", kind="file")]
 
     def _index(self, doc: dict[str, Any]) -> list[_Record]:
         """Per-annotation records in json order; metadata only, no image is opened."""

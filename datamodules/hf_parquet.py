@@ -94,6 +94,8 @@ def panoptic_maps(ids: np.ndarray, segments_info: list[dict[str, Any]], local: d
 class HFParquetPanopticReader:
     """COCO panoptic rows from parquet through Hugging Face ``datasets`` streaming. ``limit`` keeps N rows."""
 
+    panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
+
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, data_files: str = "{split}/*.parquet",
                  categories: str = "categories.json", image_column: str = "image",
                  panoptic_column: str = "panoptic", segments_column: str = "segments_info",

@@ -7,8 +7,10 @@ Shared by the ADE20K, ADE20K-847, PASCAL Context and Cityscapes readers, and reg
     {root}/{label_dir}/<stem>{label_ext}       label maps: 8- or 16-bit single-channel PNG / TIFF
 
 A label value ``v`` becomes class ``v - offset`` of the task vocabulary (in file order); values listed in
-``ignore_values`` and values below ``offset`` become ignore. A value past the vocabulary is an error naming the
-file. Each class present becomes one segment (semantic data has no instances), never crowd.
+``ignore_values`` (default ``[255]``, the usual 8-bit convention) and values below ``offset`` become ignore (-1 in
+the samples). A value past the vocabulary is an error naming the file. With more than 255 classes the value 255
+is a class, so the default is refused: give ``ignore_values`` explicitly (``[]``, or ``[65535]`` for 16-bit maps).
+Each class present becomes one segment (semantic data has no instances), never crowd.
 """
 
 from __future__ import annotations
@@ -180,6 +182,13 @@ class LabelMapReader:
         self.root, self.split, self.vocabulary = Path(root), self.split_aliases.get(split, split), vocabulary
         self.offset, self.ignore_values = int(opts["offset"]), tuple(opts["ignore_values"])
         self.image_ext, self.label_ext = opts["image_ext"], opts["label_ext"]
+        shadowed = [v for v in self.ignore_values if 0 <= v - self.offset < len(vocabulary)]
+        if shadowed and "ignore_values" not in options:
+            v = shadowed[0]
+            raise DataError(f"{type(self).__name__}: label value {v} means ignore by default, but it is class "
+                            f"{v - self.offset} ({vocabulary.classes[v - self.offset]!r}) of the {len(vocabulary)} "
+                            f"classes of vocabulary {vocabulary.name!r}; set option 'ignore_values' to the values "
+                            "that mean ignore in your label maps ([] for none, [65535] for 16-bit maps)")
         if self.expected_classes is not None and len(vocabulary) != self.expected_classes:
             raise DataError(f"{type(self).__name__}: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; "
                             f"this format's labels index {self.expected_classes} classes in dataset order")

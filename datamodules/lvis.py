@@ -87,6 +87,8 @@ def paint_instances(masks: list[np.ndarray], ids: list[int], h: int, w: int) -> 
 class LVISReader:
     """One split of an LVIS-format dataset, read one image at a time."""
 
+    panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
+
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, json: str = "lvis_v1_{split}.json",
                  image_root: str = "../coco", skip_empty: bool = True, limit: int | None = None) -> None:
         self.root, self.split, self.vocabulary = Path(root), split, vocabulary

@@ -27,8 +27,11 @@ class Reader(Protocol):
     """A split of one dataset in its native format, read lazily one sample at a time.
 
     Built as ``Reader(root=Path, split=str, vocabulary=Vocabulary, **options)``; yields contract samples
-    (see :mod:`datamodules.contract`) with class ids local to ``vocabulary``.
+    (see :mod:`datamodules.contract`) with class ids local to ``vocabulary``. A reader whose segments are real
+    instances and stuff regions (not one segment per class) sets ``panoptic = True``, and PQ is scored on it.
     """
+
+    panoptic: bool
 
     def __len__(self) -> int: ...
 

@@ -204,6 +204,7 @@ class TaskDataset(torch.utils.data.Dataset):
         root = expand_root(task.root, data_root)
         reader_cls = get_reader(task.format)
         self.reader = reader_cls(root=root, split=split.split, vocabulary=task.reader_vocabulary, **task.options)
+        self.panoptic = bool(getattr(self.reader, "panoptic", False))
         limits = [n for n in (split.limit, limit) if n]
         self.length = min([len(self.reader), *limits])
 

@@ -556,6 +556,8 @@ def _check_options(split: str, scene_seed: int, num_images: dict[str, int], size
 class SynthReader:
     """The synthetic dataset of one task, generated into ``root`` on first use, then read as COCO panoptic."""
 
+    panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
+
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, scene_seed: int = 0,
                  num_images: dict[str, int] | None = None, size: int = 128, limit: int | None = None) -> None:
         num_images = dict(DEFAULT_NUM_IMAGES if num_images is None else num_images)

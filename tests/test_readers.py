@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from fixtures.make_fixtures import (
+    ADE847_PIER,
     LAYOUT_ADE,
     LAYOUT_ADE847,
     LAYOUT_CITYSCAPES,
     LAYOUT_LVIS,
     LVIS_VOC_IMAGE,
+    PC_MONKEY,
     PC_VOC_PHOTO,
     VOC_TO_LVIS,
     lvis_box_mask,
@@ -213,10 +215,43 @@ def test_generic_label_map_reader(data: Path, tmp_path: Path) -> None:
     assert s["segment_classes"].tolist() == [0, 1, 2]
 
 
-def test_class_255_is_not_ignore() -> None:
-    assert vocab("ade847").classes[255] == "pier"
-    sample = {"image": torch.zeros(3, 1, 2, dtype=torch.uint8), "semantic": torch.tensor([[255, 300]]),
-              "meta": {"source": "x"}}
-    validate_sample(sample, 847)
-    # A reader writes "pier" as 255; it must stay a class, distinct from ignore.
-    assert int(sample["semantic"][0, 0]) != IGNORE_INDEX
+def test_class_255_is_not_ignore(data: Path) -> None:
+    """ADE-847 "pier" and PC-459 "monkey" are class 255: read through the sequence path as 255, not ignore, and
+    counted by the metric; the same file value 255 in the 8-bit PC-59 PNG is that format's ignore."""
+    from bench.metrics import MeanIoU
+    from datamodules.sequence import TaskDataset, load_sequence
+
+    tasks = {t.name: t for t in load_sequence("ade150-pc459-ade847").tasks}
+    for name, (rows, cols), class_name in (("ade847", ADE847_PIER, "pier"), ("pc459", PC_MONKEY, "monkey")):
+        task = tasks[name]
+        assert task.vocabulary.classes[255] == class_name
+        ds = TaskDataset(task, task.eval, data)
+        s = next(x for x in (ds[i] for i in range(len(ds))) if (x["semantic"][rows, cols] == 255).all())
+        sem = s["semantic"]
+        assert 255 in s["segment_classes"].tolist()
+        k = s["segment_classes"].tolist().index(255) + 1
+        assert torch.equal(s["segments"] == k, sem == 255)
+        n_pier = int((sem == 255).sum())
+        assert n_pier == (rows.stop - rows.start) * (cols.stop - cols.start)
+        metric = MeanIoU(len(task.vocabulary), ignore_index=IGNORE_INDEX)
+        metric.update(sem, sem)
+        assert int(metric.confmat[255].sum()) == n_pier and float(metric.compute()["per_class_iou"][255]) == 1.0
+        wrong = torch.where(sem == 255, torch.zeros_like(sem), sem)  # pier predicted as class 0: a miss
+        metric.reset()
+        metric.update(wrong, sem)
+        assert float(metric.compute()["per_class_iou"][255]) == 0.0
+    (s59,) = [x for x in _read("pascal_context", data / "pascal_ctx_d2", "val", vocab("pc59"))
+              if x["meta"]["file_id"] == "2008_000008"]
+    assert (s59["semantic"][PC_MONKEY] == IGNORE_INDEX).all()  # PC-59 has no monkey: file value 255 = ignore
+
+
+def test_label_map_default_ignore_refused_when_255_is_a_class(data: Path) -> None:
+    """The generic reader's default ignore value 255 would swallow class 255 of a large vocabulary."""
+    from datamodules.contract import DataError
+
+    root, options = data / "ADE20K_2021_17_01", {"image_dir": "images_detectron2/{split}",
+                                                  "label_dir": "annotations_detectron2/{split}", "label_ext": ".tif"}
+    with pytest.raises(DataError, match=r"label value 255 means ignore by default, but it is class 255 \('pier'\)"):
+        _read("label_map", root, "validation", vocab("ade847"), **options)
+    a = _read("label_map", root, "validation", vocab("ade847"), ignore_values=[65535], **options)[0]
+    assert (a["semantic"][ADE847_PIER] == 255).all() and int(a["semantic"][40, 60]) == IGNORE_INDEX

@@ -46,6 +46,11 @@ def test_record_has_the_contract_keys_and_is_on_disk(full_runs):
     on_disk = json.loads(next(path.glob("*/record.json")).read_text())
     assert on_disk["matrix"] == record["matrix"] and on_disk["complete"]
     assert set(record["per_class_iou"][-1]) == {"park", "beach", "city"}
+    for metric in ("pq", "sq", "rq", "pq_things", "pq_stuff"):  # synth has panoptic annotations
+        pq = record["matrix"][metric]
+        assert all(0 <= pq[t][j] <= 100 for t in range(3) for j in range(t + 1)), (metric, pq)
+        assert record["summary"][metric]["final_average"] is not None
+    assert record["matrix"]["pq"][2][0] > 0
     sizes = [s["memory_entries"] for s in record["state_size"]]
     assert sizes[0] < sizes[1] < sizes[2]
 
