@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-IGNORE_INDEX = 255  # datamodules.contract.IGNORE_INDEX, not imported here: that module imports torch
+IGNORE_INDEX = 255  # the usual "unlabelled" value in label PNGs written by other tools (files, not the contract)
 
 
 def panoptic_json(result: dict[str, Any]) -> dict[str, Any]:

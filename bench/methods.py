@@ -50,14 +50,15 @@ class KnnMemory(Method):
     description = "kNN-CLIP: ground-truth masks of each task embedded into a memory, retrieval fused with the base"
 
     def setup(self, ctx: RunContext, steps_done: int) -> None:
-        from bench.memory import Memory
+        from bench.memory import IndexSpec, Memory
         from bench.models import build_embedder
 
         cfg, module = ctx.cfg, ctx.module
         embedder = build_embedder(cfg.embedder.kind, module.base, cfg.embedder.name,
                                   image_size=cfg.embedder.image_size or None, seed=cfg.model.seed)
-        memory = (Memory.load(ctx.out / "memory" / f"step-{steps_done}", embedder.identity, embedder.dim)
-                  if steps_done else Memory(embedder.dim, embedder.identity))
+        spec = IndexSpec.from_config(cfg.knn)
+        memory = (Memory.load(ctx.out / "memory" / f"step-{steps_done}", embedder.identity, embedder.dim, spec)
+                  if steps_done else Memory(embedder.dim, embedder.identity, spec))
         module.embedder, module.memory = embedder, memory
 
     def adapt(self, ctx: RunContext, t: int) -> dict[str, Any]:

@@ -143,6 +143,21 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     return record
 
 
+def _summarize(matrix: list[list[float | None]], t: int) -> dict[str, Any]:
+    """Continual summary of the first t+1 rows. A task whose eval split holds none of its classes has no score
+    (``null``); it counts as NaN in the math and the affected summaries are written as ``null``."""
+    rows = [[math.nan if v is None and j <= i else v for j, v in enumerate(row)]
+            for i, row in enumerate(matrix[: t + 1])]
+    summary = continual.summarize(rows)
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return {k: clean(v) for k, v in summary.items()}
+
+
 def _tables(record: dict[str, Any]) -> str:
     return "\n\n".join(format_matrix(record, m) for m in ("miou", "pq") if m in record["matrix"])
 
@@ -166,7 +181,7 @@ def _record_pq(record: dict[str, Any], results: list[dict[str, Any] | None], t: 
             matrix[t][j] = None if result is None else _percent(torch.tensor(result[group][key]))
         scored = [v for v in matrix[t][: t + 1] if v is not None]
         if all(v is not None for v in matrix[t][: t + 1]):
-            record["summary"][metric] = continual.summarize(matrix[: t + 1])
+            record["summary"][metric] = _summarize(matrix, t)
         else:
             record["summary"][metric] = {"final_average": sum(scored) / len(scored) if scored else None,
                                          "average_incremental": None, "forgetting": [None] * (t + 1),
@@ -200,5 +215,5 @@ def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> No
     _record_pq(record, module.pq_results, t)
     record["timings"]["steps"].append(timing)
     record["steps_done"] = t + 1
-    record["summary"]["miou"] = continual.summarize(record["matrix"]["miou"][: t + 1])
+    record["summary"]["miou"] = _summarize(record["matrix"]["miou"], t)
     atomic_write_json(ctx.out / "record.json", record)

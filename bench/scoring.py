@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.metrics import MeanIoU, PanopticQuality
-from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.contract import DataError
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -198,7 +198,7 @@ def _png_names(folder: Path, what: str) -> set[str]:
     return {p.name for p in folder.iterdir() if p.suffix.lower() == ".png"}
 
 
-def evaluate_semantic(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int = IGNORE_INDEX,
+def evaluate_semantic(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int = 255,
                       progress: bool = True) -> dict[str, Any]:
     """mIoU, per-class IoU and pixel accuracy, in percent, of PNG label maps paired by file name.
 

@@ -5,6 +5,10 @@ two regions with wavy boundaries) and 2–5 thing instances (a shape, a colour a
 occluding one another; 20% of the scenes also hold a blob of unlabelled clutter (void). Every class has its
 own look, so a segmenter or a kNN memory can learn it, and nothing is downloaded.
 
+A *domain* (option ``domain``, :data:`DOMAINS`) renders the same classes another way: other textures for some
+classes, or another lighting of the whole scene. Tasks built on a domain test what a model pretrained on the
+default look makes of a shift; ``default`` is the look every earlier version generated, byte for byte.
+
 Data for a task is generated on first use into ``root`` (a cache folder) together with ``spec.json``: the
 generation parameters and :data:`GENERATOR_VERSION`. A folder whose spec differs from the one requested is
 never reused nor overwritten: the reader raises :class:`DataError` saying what differs (delete the folder or
@@ -18,13 +22,14 @@ Python's ``hash()``, so scenes are identical on every run and machine and can be
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +264,26 @@ def _bottle(rng, u, v):
     return np.where(shine[..., None], _c(120, 210, 150), _c(40, 140, 80))
 
 
+# Named colours shared by the catalog's recoloured classes and by whoever captions these scenes.
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (205, 35, 35), "orange": (240, 130, 30), "yellow": (240, 215, 40), "green": (50, 170, 60),
+    "blue": (40, 80, 210), "purple": (130, 40, 150), "pink": (230, 110, 180),
+}
+
+
+def _recoloured(paint, source, target, rng, u, v):
+    rgb = paint(rng, u, v)
+    return rgb.mean(-1, keepdims=True) * (np.asarray(target, float) / np.mean(source))
+
+
+def recolour(look: Appearance, source: tuple[float, float, float], target: tuple[float, float, float]) -> Appearance:
+    """The same shape, pattern and shading in another colour.
+
+    Each painted pixel keeps its brightness relative to ``source`` (the look's main colour), times ``target``.
+    """
+    return Appearance(look.isthing, functools.partial(_recoloured, look.paint, source, target), look.shape)
+
+
 APPEARANCE: dict[str, Appearance] = {
     # stuff
     "sky": Appearance(False, _sky),
@@ -285,6 +310,9 @@ APPEARANCE: dict[str, Appearance] = {
     "window": Appearance(True, _window, _square),
     "flower": Appearance(True, _flower, _flower_shape),
     "bottle": Appearance(True, _bottle, _bottle_shape),
+    # colour-qualified things: the same ball in two colours, told apart only by the colour word
+    "red ball": Appearance(True, _ball, _disk),
+    "blue ball": Appearance(True, functools.partial(_recoloured, _ball, PALETTE["red"], PALETTE["blue"]), _disk),
 }
 
 
@@ -301,6 +329,73 @@ def check_catalog(vocabulary: Vocabulary) -> None:
             kind = "thing" if APPEARANCE[name].isthing else "stuff"
             raise DataError(f"vocabulary {vocabulary.name!r}: class {name!r} is {kind} in the synth catalog "
                             f"but flagged {'thing' if isthing else 'stuff'} in the vocabulary")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Domains: the same classes drawn another way. Only non-default domains draw anything differently.
+
+
+def _leaf_litter(rng, y, x):
+    """Autumn ground under the grass label: orange, red and brown leaves in small blocks."""
+    leaves = np.array([[200, 110, 30], [170, 60, 30], [120, 80, 40], [215, 160, 50]], dtype=np.float64)
+    n = y.shape[0] // 3 + 1
+    pick = rng.integers(len(leaves), size=(n, n))
+    cells = leaves[np.repeat(np.repeat(pick, 3, 0), 3, 1)[: y.shape[0], : y.shape[1]]]
+    return cells + _lum_noise(rng, y, 6.0)
+
+
+def _overcast(rng, y, x):
+    return _mix(_c(150, 152, 158), _c(205, 205, 210), y / y.shape[0]) + _blocks(rng, y, 12, 8.0)
+
+
+def _cobblestone(rng, y, x):
+    h, w = rng.integers(6, 9), rng.integers(7, 11)
+    yy, xx = y + rng.integers(h), x + rng.integers(w)
+    row = yy // h
+    xs = xx + (row % 3) * (w // 3)
+    gap = ((yy % h) < 1.5) | ((xs % w) < 1.5)
+    stone = _c(125, 110, 95) + _cells(rng, (row * 131 + xs // w).astype(np.int64), 18.0)
+    return np.where(gap[..., None], _c(55, 50, 45), stone) + _lum_noise(rng, y, 4.0)
+
+
+def _autumn_tree(rng, u, v):
+    return _c(205, 95, 25) + _lum_noise(rng, u, 14.0)
+
+
+def _night(rgb: Array) -> Array:
+    """Dim, blue-tinted light: every colour loses most of its brightness and its red and green."""
+    return rgb * np.array([0.28, 0.34, 0.55]) + np.array([4.0, 7.0, 20.0])
+
+
+@dataclass(frozen=True)
+class Domain:
+    """How a domain draws its scenes: appearance overrides per class, and a lighting of the final colours."""
+
+    looks: Mapping[str, Appearance] = field(default_factory=dict)
+    light: Callable[[Array], Array] | None = None
+    description: str = ""
+
+    def look(self, name: str) -> Appearance:
+        return self.looks.get(name) or APPEARANCE[name]
+
+
+DOMAINS: dict[str, Domain] = {
+    "default": Domain(description="the catalog's own look"),
+    "autumn": Domain(looks={"grass": Appearance(False, _leaf_litter), "sky": Appearance(False, _overcast),
+                            "road": Appearance(False, _cobblestone),
+                            "tree": Appearance(True, _autumn_tree, _tree_shape)},
+                     description="new textures for grass (leaf litter), sky (overcast), road (cobblestone) "
+                                 "and tree (orange foliage); other classes as usual"),
+    "night": Domain(light=_night, description="every class as usual, under dim blue light"),
+}
+
+
+def get_domain(domain: str | Domain) -> Domain:
+    if isinstance(domain, Domain):
+        return domain
+    if domain not in DOMAINS:
+        raise DataError(f"synth: option 'domain' must be one of {', '.join(DOMAINS)}, got {domain!r}")
+    return DOMAINS[domain]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,7 +428,8 @@ def _wave(rng: np.random.Generator, n: int) -> Array:
     return np.rint(amp * np.sin(2 * np.pi * freq * np.arange(n) / n + phase))
 
 
-def _stuff_layers(rng: np.random.Generator, stuff: tuple[str, ...], y: Array, x: Array) -> list[_Layer]:
+def _stuff_layers(rng: np.random.Generator, stuff: tuple[str, ...], y: Array, x: Array,
+                  domain: Domain) -> list[_Layer]:
     size = y.shape[0]
     rest, top, candidates, regions = np.ones(y.shape, bool), 0.0, list(stuff), []
     if stuff and stuff[0] == "sky":
@@ -353,10 +449,11 @@ def _stuff_layers(rng: np.random.Generator, stuff: tuple[str, ...], y: Array, x:
             else:  # left and right
                 first = x < np.rint(size * rng.uniform(0.3, 0.7)) + _wave(rng, size)[:, None]
             regions += [(chosen[0], rest & first), (chosen[1], rest & ~first)]
-    return [_Layer(name, mask, APPEARANCE[name].paint(rng, y, x)) for name, mask in regions]
+    return [_Layer(name, mask, domain.look(name).paint(rng, y, x)) for name, mask in regions]
 
 
-def _thing_layers(rng: np.random.Generator, things: tuple[str, ...], y: Array, x: Array) -> list[_Layer]:
+def _thing_layers(rng: np.random.Generator, things: tuple[str, ...], y: Array, x: Array,
+                  domain: Domain) -> list[_Layer]:
     size, layers = y.shape[0], []
     for _ in range(rng.integers(2, 6)):
         name = things[rng.integers(len(things))]
@@ -366,7 +463,7 @@ def _thing_layers(rng: np.random.Generator, things: tuple[str, ...], y: Array, x
         win = np.s_[max(int(cy - half) - 1, 0): int(cy + half) + 2,
                     max(int(cx - half) - 1, 0): int(cx + half) + 2]
         u, v = (x[win] - cx) / half, (y[win] - cy) / half
-        look = APPEARANCE[name]
+        look = domain.look(name)
         mask, rgb = np.zeros(y.shape, bool), np.zeros((*y.shape, 3))
         mask[win] = look.shape(u, v)
         # Per-instance brightness and colour jitter so instances of a class are alike but not identical.
@@ -393,13 +490,13 @@ def _owners(layers: list[_Layer]) -> Array:
     return owner
 
 
-def _compose(rng: np.random.Generator, vocabulary: Vocabulary, size: int) -> Scene:
+def _compose(rng: np.random.Generator, vocabulary: Vocabulary, size: int, domain: Domain) -> Scene:
     y, x = np.indices((size, size)).astype(np.float64)
-    layers = _stuff_layers(rng, vocabulary.stuff, y, x)
+    layers = _stuff_layers(rng, vocabulary.stuff, y, x, domain)
     if not layers:  # a vocabulary of things only: the background is unlabelled clutter
         layers.append(_Layer(None, np.ones(y.shape, bool), _clutter(rng, y, x)))
     if vocabulary.things:
-        layers += _thing_layers(rng, vocabulary.things, y, x)
+        layers += _thing_layers(rng, vocabulary.things, y, x, domain)
     if rng.random() < VOID_PROBABILITY:
         layers.append(_void_layer(rng, y, x))
     area = np.bincount(_owners(layers).ravel(), minlength=len(layers))
@@ -415,6 +512,8 @@ def _compose(rng: np.random.Generator, vocabulary: Vocabulary, size: int) -> Sce
     rgb = np.zeros((size, size, 3))
     for layer in layers:  # bottom to top, so each pixel ends with its owner's colour
         np.copyto(rgb, layer.rgb, where=layer.mask[..., None])
+    if domain.light is not None:
+        rgb = domain.light(rgb)
     rgb += rng.normal(0.0, 2.0, rgb.shape)  # sensor-like noise on every pixel
     return Scene(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), lut[owner], classes)
 
@@ -427,11 +526,17 @@ def _varied(scene: Scene, vocabulary: Vocabulary) -> bool:
             and (True in kinds or not vocabulary.things) and (False in kinds or not vocabulary.stuff))
 
 
-def make_scene(vocabulary: Vocabulary, scene_seed: int, split: str, index: int, size: int = 128) -> Scene:
-    """Image ``index`` of ``split``; depends only on its arguments."""
+def make_scene(vocabulary: Vocabulary, scene_seed: int, split: str, index: int, size: int = 128,
+               domain: str | Domain = "default") -> Scene:
+    """Image ``index`` of ``split``; depends only on its arguments.
+
+    ``domain``: a name in :data:`DOMAINS` or a :class:`Domain` (whose looks may also name classes outside the
+    catalog, as a pretraining world does).
+    """
     rng = scene_rng(scene_seed, split, index)
+    look = get_domain(domain)
     for _ in range(_MAX_TRIES):
-        scene = _compose(rng, vocabulary, size)
+        scene = _compose(rng, vocabulary, size, look)
         if _varied(scene, vocabulary):
             break
     return scene
@@ -457,31 +562,38 @@ def _categories(vocabulary: Vocabulary) -> list[dict[str, Any]]:
 
 
 def write_split(folder: Path, split: str, count: int, vocabulary: Vocabulary, scene_seed: int,
-                size: int) -> None:
+                size: int, domain: str = "default") -> None:
     """Images, panoptic PNGs and the json of one split, in the layout :class:`CocoPanopticReader` expects."""
     image_dir, pan_dir, ann_dir = folder / split, folder / f"panoptic_{split}", folder / "annotations"
     for d in (image_dir, pan_dir, ann_dir):
         d.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
-        scene = make_scene(vocabulary, scene_seed, split, i, size)
+        scene = make_scene(vocabulary, scene_seed, split, i, size, domain)
         name = f"{i:06d}.png"  # PNG, lossless: the pixels are exactly the generated ones
         Image.fromarray(scene.image).save(image_dir / name)
         Image.fromarray(encode_panoptic_ids(scene.ids)).save(pan_dir / name)
         images.append({"id": i, "file_name": name, "width": size, "height": size})
         annotations.append({"image_id": i, "file_name": name,
                             "segments_info": _segments_info(scene, vocabulary)})
-    doc = {"info": {"description": f"synth v{GENERATOR_VERSION}, scene_seed {scene_seed}, split {split}"},
+    where = "" if domain == "default" else f", domain {domain}"
+    doc = {"info": {"description": f"synth v{GENERATOR_VERSION}, scene_seed {scene_seed}{where}, split {split}"},
            "images": images, "annotations": annotations, "categories": _categories(vocabulary)}
     (ann_dir / f"panoptic_{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
 
 
 def dataset_spec(vocabulary: Vocabulary, scene_seed: int, num_images: dict[str, int],
-                 size: int) -> dict[str, Any]:
-    """What determines every generated byte, as stored in ``spec.json``."""
+                 size: int, domain: str = "default") -> dict[str, Any]:
+    """What determines every generated byte, as stored in ``spec.json``.
+
+    The default domain is left out, so folders generated before domains existed keep matching their spec.
+    """
     classes = [[c, "thing" if t else "stuff"] for c, t in zip(vocabulary.classes, vocabulary.is_thing)]
-    return {"generator": "synth", "generator_version": GENERATOR_VERSION, "scene_seed": scene_seed,
+    spec = {"generator": "synth", "generator_version": GENERATOR_VERSION, "scene_seed": scene_seed,
             "size": size, "num_images": dict(sorted(num_images.items())), "classes": classes}
+    if domain != "default":
+        spec["domain"] = domain
+    return spec
 
 
 def _read_spec(root: Path) -> dict[str, Any] | None:
@@ -499,7 +611,8 @@ def _check_spec(root: Path, wanted: dict[str, Any]) -> None:
     if found is None:
         raise DataError(f"{root}: exists but is not a synth dataset (no spec.json); delete it or give the "
                         "task another root")
-    diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+    keys = set(wanted) | ({"domain"} & set(found))  # a domain folder never passes for a default one
+    diff = {k: (found.get(k), wanted.get(k)) for k in sorted(keys) if found.get(k) != wanted.get(k)}
     if diff:
         detail = "; ".join(f"{k}: folder has {a!r}, requested {b!r}" for k, (a, b) in diff.items())
         raise DataError(f"{root / 'spec.json'}: the cached synth data was generated differently ({detail}); "
@@ -507,9 +620,9 @@ def _check_spec(root: Path, wanted: dict[str, Any]) -> None:
 
 
 def ensure_dataset(root: Path, vocabulary: Vocabulary, scene_seed: int, num_images: dict[str, int],
-                   size: int) -> Path:
+                   size: int, domain: str = "default") -> Path:
     """Generate the dataset into ``root`` unless it is there already; check its spec either way."""
-    spec = dataset_spec(vocabulary, scene_seed, num_images, size)
+    spec = dataset_spec(vocabulary, scene_seed, num_images, size, domain)
     if _read_spec(root) is None and not (root.exists() and any(root.iterdir())):
         _generate_atomically(root, spec, vocabulary)
     _check_spec(root, spec)
@@ -525,7 +638,8 @@ def _generate_atomically(root: Path, spec: dict[str, Any], vocabulary: Vocabular
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         for split, count in spec["num_images"].items():
-            write_split(tmp, split, count, vocabulary, spec["scene_seed"], spec["size"])
+            write_split(tmp, split, count, vocabulary, spec["scene_seed"], spec["size"],
+                        spec.get("domain", "default"))
         (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache should be readable like any folder
         try:
@@ -559,11 +673,15 @@ class SynthReader:
     panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, scene_seed: int = 0,
-                 num_images: dict[str, int] | None = None, size: int = 128, limit: int | None = None) -> None:
+                 num_images: dict[str, int] | None = None, size: int = 128, limit: int | None = None,
+                 domain: str = "default") -> None:
         num_images = dict(DEFAULT_NUM_IMAGES if num_images is None else num_images)
         _check_options(split, scene_seed, num_images, size)
+        if not isinstance(domain, str):
+            raise DataError(f"synth: option 'domain' must be a name, one of {', '.join(DOMAINS)}; got {domain!r}")
+        get_domain(domain)
         check_catalog(vocabulary)
-        self.root = ensure_dataset(Path(root), vocabulary, scene_seed, num_images, size)
+        self.root = ensure_dataset(Path(root), vocabulary, scene_seed, num_images, size, domain)
         self._reader = CocoPanopticReader(self.root, split, vocabulary, limit=limit)
 
     def __len__(self) -> int:

@@ -131,3 +131,11 @@ def test_resuming_with_another_embedder_refuses_the_saved_memory(tmp_path):
 
     with pytest.raises(ConfigError, match="another config"):
         _run(tmp_path, *SMALL, "RUN_ID=shared", "EMBEDDER=dinov2", "embedder.name=dinov2-tiny-random")
+
+
+def test_a_task_with_no_scored_class_leaves_an_empty_cell_not_a_crash():
+    from bench.run import _summarize
+
+    matrix = [[50.0, None], [48.0, None]]  # task 2's eval split holds none of its classes
+    summary = _summarize(matrix, 1)
+    assert summary["forgetting"][0] == 2.0 and summary["final_average"] is None

@@ -15,9 +15,16 @@ from bench.errors import ConfigError
 from bench.io import atomic_write_bytes, cache_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-# Suite-registered configs: random-init models, never presented as pretrained.
-RANDOM_INIT_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Suite configs whose weights are pretrained in this repository (scripts/pretrain_tiny_clip.py) and committed
+# with a checksum; every other suite config is a random-init model, never presented as pretrained.
+SUITE_WEIGHTS = {"tiny-clip-synth": WEIGHTS_DIR / "tiny-clip-synth.safetensors"}
+SUITE_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+RANDOM_INIT_MODELS = tuple(m for m in SUITE_MODELS if m not in SUITE_WEIGHTS)
 RANDOM_TAG = "random-init"
+IN_REPO_TAG = "in-repo"
+# The weights file keeps only the token-table rows its captions used, with their BPE ids.
+TOKEN_ROWS, TOKEN_IDS = "token_embedding.rows", "token_embedding.ids"
 
 # Prompt ensemble in the style of CLIP's ImageNet templates, trimmed to ones that suit scene parts.
 PROMPT_TEMPLATES = (
@@ -34,7 +41,7 @@ PROMPT_TEMPLATES = (
 def _register_configs() -> None:
     import open_clip
 
-    if not set(RANDOM_INIT_MODELS) <= set(open_clip.list_models()):
+    if not set(SUITE_MODELS) <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
 
 
@@ -46,8 +53,14 @@ def resolve_pretrained(name: str, pretrained: str) -> str:
     if name not in open_clip.list_models():
         known = [m for m in open_clip.list_models() if m.startswith("ViT")][:12]
         raise ConfigError(f"unknown MODEL {name!r}: not an open_clip model name. Suite models: "
-                          f"{', '.join(RANDOM_INIT_MODELS)}; open_clip ViTs include {', '.join(known)}, ...")
+                          f"{', '.join(SUITE_MODELS)}; open_clip ViTs include {', '.join(known)}, ...")
     tags = open_clip.list_pretrained_tags_by_model(name)
+    if name in SUITE_WEIGHTS:
+        if pretrained not in ("", IN_REPO_TAG, RANDOM_TAG):
+            raise ConfigError(f"MODEL {name} ships its weights in the repository; PRETRAINED must be empty (or "
+                              f"{IN_REPO_TAG}), or {RANDOM_TAG} for the same architecture untrained; "
+                              f"got {pretrained!r}")
+        return pretrained or IN_REPO_TAG
     if name in RANDOM_INIT_MODELS:
         if pretrained not in ("", RANDOM_TAG):
             raise ConfigError(f"MODEL {name} is a random-init suite config; PRETRAINED must be empty, "
@@ -64,11 +77,57 @@ def resolve_pretrained(name: str, pretrained: str) -> str:
     return pretrained
 
 
+def checksum_path(weights: Path) -> Path:
+    return weights.with_name(weights.name + ".sha256")
+
+
+def suite_checksum(name: str) -> str:
+    """The committed sha256 of a suite model's weights file (from ``<file>.sha256``)."""
+    path = checksum_path(SUITE_WEIGHTS[name])
+    try:
+        digest = path.read_text(encoding="utf-8").split()[0]
+    except (OSError, IndexError) as e:
+        raise RuntimeError(f"{path}: cannot read the checksum of MODEL {name}'s weights ({e}); rebuild them with "
+                           f"`python scripts/pretrain_tiny_clip.py`") from e
+    if len(digest) != 64:
+        raise RuntimeError(f"{path}: expected a sha256 hex digest first, got {digest!r}")
+    return digest
+
+
+def load_suite_weights(model: torch.nn.Module, name: str) -> str:
+    """Load a suite model's committed weights into ``model`` after checking their checksum; returns it."""
+    from safetensors.torch import load
+
+    path = SUITE_WEIGHTS[name]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RuntimeError(f"{path}: MODEL {name}'s weights are missing ({e.strerror}); rebuild them with "
+                           f"`python scripts/pretrain_tiny_clip.py`") from e
+    expected, found = suite_checksum(name), hashlib.sha256(data).hexdigest()
+    if found != expected:
+        raise RuntimeError(f"{path}: sha256 {found} does not match {checksum_path(path).name} ({expected}); the "
+                           f"weights were changed or are incomplete. Restore them from git or rebuild with "
+                           f"`python scripts/pretrain_tiny_clip.py`")
+    state = load(data)
+    rows, ids = state.pop(TOKEN_ROWS), state.pop(TOKEN_IDS)
+    table = torch.zeros_like(model.token_embedding.weight)  # tokens never seen in pretraining carry nothing
+    table[ids] = rows
+    state["token_embedding.weight"] = table
+    model.load_state_dict(state, strict=True)
+    return found
+
+
 def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
     import open_clip
 
     tag = resolve_pretrained(name, pretrained)
-    if tag == RANDOM_TAG:
+    if tag == IN_REPO_TAG:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # every value is overwritten; the seed only keeps the caller's RNG untouched
+            model = open_clip.create_model(name, pretrained=None)
+        load_suite_weights(model, name)
+    elif tag == RANDOM_TAG:
         # Random weights depend only on the seed, never on the caller's RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -113,6 +172,8 @@ class OpenClipBase(torch.nn.Module):
         self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         weights = f"{self.tag}(seed={seed})" if self.tag == RANDOM_TAG else self.tag
+        if self.tag == IN_REPO_TAG:
+            weights = f"{IN_REPO_TAG}(sha256={suite_checksum(name)[:16]})"
         self.identity = f"open_clip:{name}/{weights}"
         self._tokenizer = open_clip.get_tokenizer(name)
         self.requires_grad_(False)
@@ -158,12 +219,12 @@ class OpenClipBase(torch.nn.Module):
             cached = torch.load(path, weights_only=True)
             if cached["classes"] == list(class_names) and cached["identity"] == self.identity:
                 return cached["embeddings"]
-        out = []
-        for name in class_names:
-            tokens = self._tokenizer([t.format(name) for t in PROMPT_TEMPLATES])
-            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(0)
-            out.append(F.normalize(emb, dim=0))
-        embeddings = torch.stack(out)
+        prompts = [t.format(name) for name in class_names for t in PROMPT_TEMPLATES]
+        # One batched pass over all prompts (chunked): per-class calls cost seconds on 1203 LVIS classes.
+        encoded = torch.cat([self.model.encode_text(self._tokenizer(prompts[i:i + 512])).float()
+                             for i in range(0, len(prompts), 512)])
+        per_class = F.normalize(encoded, dim=-1).view(len(class_names), len(PROMPT_TEMPLATES), -1).mean(1)
+        embeddings = F.normalize(per_class, dim=-1)
         buf = io.BytesIO()
         torch.save({"identity": self.identity, "classes": list(class_names), "embeddings": embeddings}, buf)
         atomic_write_bytes(path, buf.getvalue())

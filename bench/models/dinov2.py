@@ -12,11 +12,13 @@ from bench.models.clip import resize_normalize
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225))
 
-# Suite configs built with random weights for tests: never presented as pretrained.
-TINY_CONFIGS = {
-    "dinov2-tiny-random": ("vit_small_patch14_dinov2", {"depth": 2, "embed_dim": 32, "num_heads": 2}),
-}
 DEFAULT_IMAGE_SIZE = 224
+# Suite configs built with random weights, never presented as pretrained: a tiny one for tests, and ViT-S/14 at
+# full size for timing (benchmarks/perf.py). Name -> (timm architecture, overrides of its config, input size).
+TINY_CONFIGS = {
+    "dinov2-tiny-random": ("vit_small_patch14_dinov2", {"depth": 2, "embed_dim": 32, "num_heads": 2}, 126),
+    "dinov2-vits14-random": ("vit_small_patch14_dinov2", {}, DEFAULT_IMAGE_SIZE),
+}
 
 
 class Dinov2Embedder(torch.nn.Module):
@@ -24,9 +26,9 @@ class Dinov2Embedder(torch.nn.Module):
         super().__init__()
         import timm
 
-        size = image_size or (126 if name in TINY_CONFIGS else DEFAULT_IMAGE_SIZE)
+        size = image_size or (TINY_CONFIGS[name][2] if name in TINY_CONFIGS else DEFAULT_IMAGE_SIZE)
         if name in TINY_CONFIGS:
-            arch, kwargs = TINY_CONFIGS[name]
+            arch, kwargs, _ = TINY_CONFIGS[name]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model = timm.create_model(arch, pretrained=False, img_size=size, num_classes=0, **kwargs)
