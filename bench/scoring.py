@@ -9,7 +9,6 @@ category id. :func:`evaluate_semantic` reads PNG label maps paired by file name 
 
 from __future__ import annotations
 
-import json as jsonlib
 import math
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from tqdm import tqdm
 
 from bench.metrics import MeanIoU, PanopticQuality
 from datamodules.contract import DataError
-
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+from datamodules.jsonio import load_json
+from datamodules.labelmaps import PIL_ERRORS
 
 
 def _read_png(path: Path, what: str) -> np.ndarray:
@@ -31,22 +30,8 @@ def _read_png(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im)
-    except _PIL_ERRORS as e:
+    except PIL_ERRORS as e:
         raise DataError(f"{path}: cannot decode {what} ({e})") from e
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} missing")
-    try:
-        doc = jsonlib.loads(path.read_text(encoding="utf-8"))
-    except jsonlib.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read {what} ({e})") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
-        raise DataError(f"{path}: expected a COCO panoptic JSON object with an 'annotations' list")
-    return doc
 
 
 def nan_to_none(x: float) -> float | None:
@@ -155,7 +140,8 @@ def evaluate_panoptic(gt_json: Path, gt_dir: Path, pred_json: Path, pred_dir: Pa
     prediction uses the same category ids. ``per_class`` is keyed by category id.
     """
     paths = {"gt_json": gt_json, "gt_dir": gt_dir, "pred_json": pred_json, "pred_dir": pred_dir}
-    gt_doc, pred_doc = _read_json(gt_json, "ground-truth json"), _read_json(pred_json, "prediction json")
+    gt_doc = load_json(gt_json, ("annotations",), "COCO panoptic ground-truth json")
+    pred_doc = load_json(pred_json, ("annotations",), "COCO panoptic prediction json")
     cat_ids, is_thing = _categories(gt_doc, gt_json)
     class_of = {cat: k for k, cat in enumerate(cat_ids)}
     metric = PanopticQuality(len(cat_ids), is_thing)

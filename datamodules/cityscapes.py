@@ -21,18 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from datamodules.contract import IGNORE_INDEX, DataError
 from datamodules.labelmaps import (
     LayoutEntry,
+    ListedReader,
     apply_lut,
+    check_root,
     check_same_size,
-    describe,
-    image_tensor,
     load_label_map,
     load_rgb,
-    require_dirs,
+    panoptic_sample,
     semantic_sample,
 )
 from datamodules.registry import register_reader
@@ -85,7 +84,7 @@ def instance_segments(instance_ids: np.ndarray, semantic: np.ndarray,
 
 
 @register_reader("cityscapes")
-class CityscapesReader:
+class CityscapesReader(ListedReader):
     """One split of Cityscapes ``gtFine``, images in city then name order. ``limit`` keeps the first N."""
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, instances: bool = True,
@@ -97,14 +96,12 @@ class CityscapesReader:
             raise DataError(f"cityscapes: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; the "
                             f"labels map to the {NUM_CLASSES} train ids in order (tasks/vocab/cityscapes19.txt)")
         entries = self.expected_layout(self.root, split, vocabulary, image_dir=image_dir, gt_dir=gt_dir)
-        layout = describe(entries)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
-        require_dirs(entries, layout)
+        layout = check_root(self.root, entries)
         self.image_dir, self.gt_dir = entries[0].path, entries[1].path
-        self._samples = self._index(layout)
+        self._where = self.image_dir
+        self._records = self._index(layout)
         if limit:
-            self._samples = self._samples[:limit]
+            self._records = self._records[:limit]
         self._lut = _train_lut()
 
     @classmethod
@@ -131,13 +128,8 @@ class CityscapesReader:
             raise DataError(f"{self.image_dir}: no '<city>/*{_IMAGE_SUFFIX}' images; {layout}")
         return samples
 
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.image_dir}")
-        image_path, label_path, inst_path = self._samples[index]
+    def _sample(self, record: tuple[Path, Path, Path]) -> dict[str, Any]:
+        image_path, label_path, inst_path = record
         rgb = load_rgb(image_path)
         label_ids = load_label_map(label_path, "labelIds PNG")
         check_same_size(rgb, label_ids, image_path, label_path)
@@ -148,12 +140,4 @@ class CityscapesReader:
         inst = load_label_map(inst_path, "instanceIds PNG")
         check_same_size(rgb, inst, image_path, inst_path)
         segments, classes, crowd = instance_segments(inst, semantic, self._lut)
-        return {
-            "image": image_tensor(rgb),
-            "semantic": torch.from_numpy(semantic),
-            "segments": torch.from_numpy(segments),
-            "segment_classes": torch.tensor(classes, dtype=torch.int64),
-            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
-            "meta": {"dataset": self.root.name, "file_id": file_id, "source": str(image_path),
-                     "size": tuple(rgb.shape[:2])},
-        }
+        return panoptic_sample(rgb, semantic, segments, classes, crowd, self.root.name, file_id, image_path)

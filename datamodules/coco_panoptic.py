@@ -13,22 +13,25 @@ segment list.
 
 from __future__ import annotations
 
-import json as jsonlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from datamodules.contract import IGNORE_INDEX, DataError
-from datamodules.labelmaps import LayoutEntry, describe, require_dirs
+from datamodules.jsonio import index_entries, load_json
+from datamodules.labelmaps import (
+    LayoutEntry,
+    ListedReader,
+    check_listed_size,
+    check_root,
+    check_same_size,
+    load_rgb,
+    panoptic_sample,
+)
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
-
-# PIL signals bad files with several exception types depending on the plugin and the stage of decoding.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -46,41 +49,6 @@ class _Record:
     segments: tuple[_Segment, ...]
 
 
-def load_panoptic_json(path: Path, layout: str) -> dict[str, Any]:
-    """The parsed annotation file, with its three top-level lists checked."""
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file missing; {layout}")
-    try:
-        doc = jsonlib.loads(path.read_text(encoding="utf-8"))
-    except jsonlib.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}); "
-                        "the file may be truncated") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read annotation file ({e})") from e
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(f"{path}: field {key!r} missing or not a list; "
-                            "expected COCO panoptic annotations")
-    return doc
-
-
-def _load_rgb(path: Path, what: str, modes: tuple[str, ...] | None = None) -> np.ndarray:
-    """An H×W×3 uint8 array; ``modes`` restricts the PNG modes accepted (panoptic ids need true RGB)."""
-    if not path.is_file():
-        raise DataError(f"{path}: {what} missing")
-    try:
-        with Image.open(path) as im:
-            mode, rgb = im.mode, np.asarray(im.convert("RGB"))
-    except _PIL_ERRORS as e:
-        raise DataError(f"{path}: cannot decode {what} ({e})") from e
-    if modes is not None and mode not in modes:
-        raise DataError(f"{path}: {what} has mode {mode}; expected an RGB PNG with "
-                        "segment id = R + 256·G + 256²·B")
-    return rgb
-
-
 def decode_panoptic_ids(rgb: np.ndarray) -> np.ndarray:
     """COCO panoptic id map from an H×W×3 PNG array: id = R + 256·G + 256²·B."""
     rgb = rgb.astype(np.int64)
@@ -94,7 +62,7 @@ def encode_panoptic_ids(ids: np.ndarray) -> np.ndarray:
 
 
 @register_reader("coco_panoptic")
-class CocoPanopticReader:
+class CocoPanopticReader(ListedReader):
     """One split of a COCO-panoptic-format dataset, read one sample at a time.
 
     ``limit`` keeps the first N annotations (None or 0 = all, as in the sequence YAML).
@@ -108,19 +76,13 @@ class CocoPanopticReader:
         self.root, self.split, self.vocabulary = Path(root), split, vocabulary
         entries = self.expected_layout(self.root, split, vocabulary, image_dir=image_dir,
                                        panoptic_dir=panoptic_dir, json=json)
-        layout = describe(entries)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
-        require_dirs(entries[:2], layout)  # the json gets its own checks (missing, truncated, malformed)
+        # the json gets its own checks (missing, truncated, malformed)
+        layout = check_root(self.root, entries, required=entries[:2])
         self.image_dir, self.panoptic_dir, self.json_path = (e.path for e in entries)
-        doc = load_panoptic_json(self.json_path, layout)
-        try:
-            self._records = self._index(doc)
-        except (KeyError, TypeError) as e:
-            raise DataError(f"{self.json_path}: malformed entry (missing or wrong field {e}); "
-                            "expected COCO panoptic annotations") from e
-        if limit:
-            self._records = self._records[:limit]
+        self._where = self.json_path
+        doc = load_json(self.json_path, ("images", "annotations", "categories"), "COCO panoptic annotations",
+                        layout)
+        self._records = index_entries(self.json_path, lambda: self._index(doc), "COCO panoptic annotations", limit)
 
     @classmethod
     def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
@@ -163,32 +125,15 @@ class CocoPanopticReader:
         return _Record(self.image_dir / image["file_name"], self.panoptic_dir / ann["file_name"], size,
                        tuple(segments))
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.json_path}")
-        rec = self._records[index]
-        image = _load_rgb(rec.image_path, "image")
-        pan = _load_rgb(rec.png_path, "panoptic PNG", modes=("RGB", "RGBA"))
-        h, w = image.shape[:2]
-        if pan.shape != image.shape:
-            raise DataError(f"{rec.png_path}: panoptic PNG is {pan.shape[1]}×{pan.shape[0]} (W×H) but "
-                            f"image {rec.image_path} is {w}×{h}; expected the same size")
-        if rec.size is not None and rec.size != (h, w):
-            raise DataError(f"{rec.image_path}: image is {w}×{h} (W×H) but {self.json_path} gives "
-                            f"{rec.size[1]}×{rec.size[0]}")
+    def _sample(self, rec: _Record) -> dict[str, Any]:
+        image = load_rgb(rec.image_path)
+        pan = load_rgb(rec.png_path, "panoptic PNG", modes=("RGB", "RGBA"),
+                       expected="an RGB PNG with segment id = R + 256·G + 256²·B")
+        check_same_size(image, pan, rec.image_path, rec.png_path, "panoptic PNG")
+        check_listed_size(image, rec.size, rec.image_path, self.json_path)
         segments, semantic, classes, crowd = self._maps(decode_panoptic_ids(pan), rec)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "semantic": torch.from_numpy(semantic),
-            "segments": torch.from_numpy(segments),
-            "segment_classes": torch.tensor(classes, dtype=torch.int64),
-            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
-            "meta": {"dataset": self.root.name, "file_id": rec.image_path.stem, "source": str(rec.image_path),
-                     "size": (h, w)},
-        }
+        return panoptic_sample(image, semantic, segments, classes, crowd, self.root.name, rec.image_path.stem,
+                               rec.image_path)
 
     def _maps(self, ids: np.ndarray, rec: _Record) -> tuple[np.ndarray, np.ndarray, list[int], list[bool]]:
         """Segment map (1-based, kept segments only), semantic map and per-segment class / iscrowd.

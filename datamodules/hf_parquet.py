@@ -26,23 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from datamodules.coco_panoptic import decode_panoptic_ids
 from datamodules.contract import IGNORE_INDEX, DataError
-from datamodules.labelmaps import PIL_ERRORS, LayoutEntry, describe, image_tensor
+from datamodules.jsonio import read_json
+from datamodules.labelmaps import LayoutEntry, check_index, check_root, decode_rgb, panoptic_sample
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
 
 def _categories(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"{path}: categories file missing; expected a json with the COCO 'categories' list")
-    try:
-        doc = jsonlib.loads(path.read_text(encoding="utf-8"))
-    except (jsonlib.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); the file may be truncated") from e
+    doc = read_json(path, "a json with the COCO 'categories' list")
     cats = doc.get("categories") if isinstance(doc, dict) else doc
     if not isinstance(cats, list) or not all(isinstance(c, dict) and {"id", "name"} <= c.keys() for c in cats):
         raise DataError(f"{path}: expected a list of categories with 'id' and 'name' (or an object holding one "
@@ -57,11 +52,7 @@ def _decode(value: Any, where: str, what: str) -> np.ndarray:
     data = value.get("bytes") if isinstance(value, dict) else value
     if not isinstance(data, bytes | bytearray):
         raise DataError(f"{where}: column {what!r} holds {type(value).__name__}; expected encoded image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except PIL_ERRORS as e:
-        raise DataError(f"{where}: cannot decode column {what!r} ({e})") from e
+    return decode_rgb(io.BytesIO(data), where, f"column {what!r}")
 
 
 def panoptic_maps(ids: np.ndarray, segments_info: list[dict[str, Any]], local: dict[int, int | None],
@@ -104,9 +95,7 @@ class HFParquetPanopticReader:
         self.columns = {"image": image_column, "panoptic": panoptic_column, "segments": segments_column,
                         "file_name": file_name_column}
         entries = self.expected_layout(self.root, split, vocabulary, data_files=data_files, categories=categories)
-        layout = describe(entries)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
+        layout = check_root(self.root, entries, required=())  # the categories json gets its own checks
         self.pattern = data_files.format(split=split)
         self.files = sorted(self.root.glob(self.pattern))
         if not self.files:
@@ -165,8 +154,7 @@ class HFParquetPanopticReader:
         return self._length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} rows in {self.root / self.pattern}")
+        check_index(index, len(self), self.root / self.pattern, "rows")
         index %= len(self)
         row = self._row(index)
         where = f"{self.root / self.pattern} row {index}"
@@ -183,12 +171,4 @@ class HFParquetPanopticReader:
             info = jsonlib.loads(info)
         segments, semantic, classes, crowd = panoptic_maps(decode_panoptic_ids(pan), info, self._local, where)
         name = row.get(self.columns["file_name"]) or f"{index:06d}"
-        return {
-            "image": image_tensor(rgb),
-            "semantic": torch.from_numpy(semantic),
-            "segments": torch.from_numpy(segments),
-            "segment_classes": torch.tensor(classes, dtype=torch.int64),
-            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
-            "meta": {"dataset": self.root.name, "file_id": Path(str(name)).stem, "source": where,
-                     "size": tuple(rgb.shape[:2])},
-        }
+        return panoptic_sample(rgb, semantic, segments, classes, crowd, self.root.name, Path(str(name)).stem, where)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -46,15 +46,28 @@ class LayoutEntry:
         return self.path.is_dir() if self.kind == "dir" else self.path.is_file()
 
 
-def load_rgb(path: Path, what: str = "image") -> np.ndarray:
+def decode_rgb(source: Path | BinaryIO, name: Path | str, what: str, modes: Sequence[str] | None = None,
+               expected: str | None = None) -> np.ndarray:
+    """An ``H×W×3`` uint8 array of an encoded image (a file or a byte stream); errors begin with ``name``.
+
+    ``modes`` restricts the image modes accepted (panoptic ids need true RGB); ``expected`` says what is wanted.
+    """
+    try:
+        with Image.open(source) as im:
+            mode, rgb = im.mode, np.asarray(im.convert("RGB"))
+    except PIL_ERRORS as e:
+        raise DataError(f"{name}: cannot decode {what} ({e})") from e
+    if modes is not None and mode not in modes:
+        raise DataError(f"{name}: {what} has mode {mode}; expected {expected or 'mode ' + ' or '.join(modes)}")
+    return rgb
+
+
+def load_rgb(path: Path, what: str = "image", modes: Sequence[str] | None = None,
+             expected: str | None = None) -> np.ndarray:
     """An ``H×W×3`` uint8 array; :class:`DataError` naming the file when it is missing or undecodable."""
     if not path.is_file():
         raise DataError(f"{path}: {what} missing")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except PIL_ERRORS as e:
-        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+    return decode_rgb(path, path, what, modes, expected)
 
 
 def load_label_map(path: Path, what: str = "label map") -> np.ndarray:
@@ -76,11 +89,34 @@ def image_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path,
+                    what: str = "label map") -> None:
     if image.shape[:2] != label.shape[:2]:
         h, w = image.shape[:2]
-        raise DataError(f"{label_path}: label map is {label.shape[1]}×{label.shape[0]} (W×H) but image "
+        raise DataError(f"{label_path}: {what} is {label.shape[1]}×{label.shape[0]} (W×H) but image "
                         f"{image_path} is {w}×{h}; expected the same size")
+
+
+def check_listed_size(image: np.ndarray, size: tuple[int, int] | None, image_path: Path, listed_in: Path) -> None:
+    """The image must have the ``(H, W)`` size that the annotation file ``listed_in`` gives, when it gives one."""
+    h, w = image.shape[:2]
+    if size is not None and size != (h, w):
+        raise DataError(f"{image_path}: image is {w}×{h} (W×H) but {listed_in} gives {size[1]}×{size[0]}")
+
+
+def check_root(root: Path, entries: Sequence[LayoutEntry], required: Sequence[LayoutEntry] | None = None) -> str:
+    """The expected layout in words, once ``root`` and the ``required`` entries (default: all) exist."""
+    layout = describe(entries)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root does not exist; {layout}")
+    require_dirs(entries if required is None else required, layout)
+    return layout
+
+
+def check_index(index: int, length: int, where: Path | str, unit: str = "samples") -> None:
+    """:class:`IndexError` for an index outside ``-length .. length - 1``, naming where the samples come from."""
+    if not -length <= index < length:
+        raise IndexError(f"sample {index} out of range for {length} {unit} in {where}")
 
 
 PAST_VOCABULARY = -2  # marks raw values that would name a class the vocabulary does not have
@@ -117,18 +153,24 @@ def class_segments(semantic: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return np.where(semantic == IGNORE_INDEX, 0, seg_of[np.maximum(semantic, 0)]), classes
 
 
-def semantic_sample(rgb: np.ndarray, semantic: np.ndarray, dataset: str, file_id: str,
-                    source: Path | str) -> dict[str, Any]:
-    """A contract sample from an image and a semantic map of local class ids, one segment per class."""
-    segments, classes = class_segments(semantic)
+def panoptic_sample(rgb: np.ndarray, semantic: np.ndarray, segments: np.ndarray, classes: list[int],
+                    crowd: list[bool], dataset: str, file_id: str, source: Path | str) -> dict[str, Any]:
+    """A contract sample from an image, its semantic and segment maps and the class and crowd flag per segment."""
     return {
         "image": image_tensor(rgb),
         "semantic": torch.from_numpy(semantic),
         "segments": torch.from_numpy(segments),
         "segment_classes": torch.tensor(classes, dtype=torch.int64),
-        "segment_iscrowd": torch.zeros(len(classes), dtype=torch.bool),
+        "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
         "meta": {"dataset": dataset, "file_id": file_id, "source": str(source), "size": tuple(rgb.shape[:2])},
     }
+
+
+def semantic_sample(rgb: np.ndarray, semantic: np.ndarray, dataset: str, file_id: str,
+                    source: Path | str) -> dict[str, Any]:
+    """A contract sample from an image and a semantic map of local class ids, one segment per class."""
+    segments, classes = class_segments(semantic)
+    return panoptic_sample(rgb, semantic, segments, classes, [False] * len(classes), dataset, file_id, source)
 
 
 def pair_files(image_dir: Path, label_dir: Path, image_ext: str, label_ext: str,
@@ -159,7 +201,28 @@ def describe(entries: Sequence[LayoutEntry]) -> str:
     return "expected " + ", ".join(f"{e.path}{'/' if e.kind == 'dir' else ''} ({e.what})" for e in entries)
 
 
-class LabelMapReader:
+class ListedReader:
+    """Sequence access for a reader that lists its samples up front.
+
+    A subclass sets ``_records`` (one entry per sample, in order) and ``_where`` (the folder or file that an
+    out-of-range index is reported against), and reads one entry in ``_sample``.
+    """
+
+    _records: Sequence[Any]
+    _where: Path
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        check_index(index, len(self), self._where)
+        return self._sample(self._records[index])
+
+    def _sample(self, record: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LabelMapReader(ListedReader):
     """Images paired with single-channel label maps by name; see the module docstring.
 
     ``limit`` keeps the first N samples in name order (None or 0 = all).
@@ -193,16 +256,14 @@ class LabelMapReader:
             raise DataError(f"{type(self).__name__}: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; "
                             f"this format's labels index {self.expected_classes} classes in dataset order")
         entries = self.expected_layout(self.root, split, vocabulary, **options)
-        layout = describe(entries)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
-        require_dirs(entries, layout)
+        layout = check_root(self.root, entries)
         self.image_dir, self.label_dir = entries[0].path, entries[1].path
-        self._pairs = pair_files(self.image_dir, self.label_dir, self.image_ext, self.label_ext)
-        if not self._pairs:
+        self._where = self.image_dir
+        self._records = pair_files(self.image_dir, self.label_dir, self.image_ext, self.label_ext)
+        if not self._records:
             raise DataError(f"{self.image_dir}: no '*{self.image_ext}' images; {layout}")
         if limit:
-            self._pairs = self._pairs[:limit]
+            self._records = self._records[:limit]
         # 16-bit maps hold up to 65535; the table is small either way (65536 int64 = 512 KiB, built once).
         self._lut = value_lut(65536, self.offset, self.ignore_values, len(vocabulary))
 
@@ -217,13 +278,8 @@ class LabelMapReader:
                 LayoutEntry(Path(root) / opts["label_dir"].format(split=split),
                             f"label folder ('<name>{opts['label_ext']}' per image)")]
 
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.image_dir}")
-        image_path, label_path = self._pairs[index]
+    def _sample(self, record: tuple[Path, Path]) -> dict[str, Any]:
+        image_path, label_path = record
         rgb = load_rgb(image_path)
         raw = load_label_map(label_path)
         check_same_size(rgb, raw, image_path, label_path)

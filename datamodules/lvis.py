@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from datamodules.contract import IGNORE_INDEX, DataError
-from datamodules.jsonio import load_json
-from datamodules.labelmaps import LayoutEntry, describe, image_tensor, load_rgb, require_dirs
+from datamodules.jsonio import index_entries, load_json
+from datamodules.labelmaps import LayoutEntry, ListedReader, check_listed_size, check_root, load_rgb, panoptic_sample
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
@@ -84,7 +83,7 @@ def paint_instances(masks: list[np.ndarray], ids: list[int], h: int, w: int) -> 
 
 
 @register_reader("lvis")
-class LVISReader:
+class LVISReader(ListedReader):
     """One split of an LVIS-format dataset, read one image at a time."""
 
     panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
@@ -93,19 +92,13 @@ class LVISReader:
                  image_root: str = "../coco", skip_empty: bool = True, limit: int | None = None) -> None:
         self.root, self.split, self.vocabulary = Path(root), split, vocabulary
         entries = self.expected_layout(self.root, split, vocabulary, json=json, image_root=image_root)
-        layout = describe(entries)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist; {layout}")
-        require_dirs(entries, layout)
+        check_root(self.root, entries)
         self.json_path, self.image_root = entries[0].path, entries[1].path
+        self._where = self.json_path
         doc = load_json(self.json_path, ("images", "annotations", "categories"), "LVIS instance annotations")
-        try:
-            self._records = self._index(doc, skip_empty)
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{self.json_path}: malformed entry (missing or wrong field {e}); "
-                            "expected LVIS / COCO instance annotations") from e
-        if limit:
-            self._records = self._records[:limit]
+        self._records = index_entries(self.json_path, lambda: self._index(doc, skip_empty),
+                                      "LVIS / COCO instance annotations", limit,
+                                      errors=(KeyError, TypeError, ValueError))
 
     @classmethod
     def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
@@ -148,18 +141,10 @@ class LVISReader:
                                        tuple(instances)))
         return records
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} samples in {self.json_path}")
-        rec = self._records[index]
+    def _sample(self, rec: _Record) -> dict[str, Any]:
         rgb = load_rgb(rec.image_path)
+        check_listed_size(rgb, rec.size, rec.image_path, self.json_path)
         h, w = rgb.shape[:2]
-        if (h, w) != rec.size:
-            raise DataError(f"{rec.image_path}: image is {w}×{h} (W×H) but {self.json_path} gives "
-                            f"{rec.size[1]}×{rec.size[0]}")
         masks = []
         for inst in rec.instances:
             try:
@@ -169,15 +154,8 @@ class LVISReader:
                                 f"cannot decode its segmentation ({e})") from e
         owner = paint_instances(masks, [i.id for i in rec.instances], h, w)
         semantic, segments, classes, crowd = self._maps(owner, rec.instances)
-        return {
-            "image": image_tensor(rgb),
-            "semantic": torch.from_numpy(semantic),
-            "segments": torch.from_numpy(segments),
-            "segment_classes": torch.tensor(classes, dtype=torch.int64),
-            "segment_iscrowd": torch.tensor(crowd, dtype=torch.bool),
-            "meta": {"dataset": self.root.name, "file_id": rec.image_path.stem, "source": str(rec.image_path),
-                     "size": (h, w)},
-        }
+        return panoptic_sample(rgb, semantic, segments, classes, crowd, self.root.name, rec.image_path.stem,
+                               rec.image_path)
 
     @staticmethod
     def _maps(owner: np.ndarray, instances: tuple[_Instance, ...]
