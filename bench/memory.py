@@ -45,6 +45,8 @@ LABEL_BYTES = 8  # int64 class code per entry, kept next to the index
 PQ_BITS = 8
 PQ_MAX_BYTES = 64  # automatic pq_m: the largest divisor of the dim up to this many one-byte sub-quantizers
 TRAIN_PER_LIST = 64  # automatic nlist: one list per this many training vectors
+HNSW_QUANTIZER_FROM = 1024  # IVF with this many lists or more finds its lists with an HNSW graph
+KMEANS_ITERATIONS, KMEANS_MAX_POINTS = 10, 64
 GPU_MAX_K = 2048  # the largest k FAISS GPU indexes search
 
 
@@ -55,7 +57,7 @@ class IndexSpec:
     kind: str = "flat"
     pca_dim: int = 0  # 0 = no PCA; else project to this many dims (trained) and re-normalise
     nlist: int = 0  # IVF lists; 0 = one per 64 training vectors
-    pq_m: int = 0  # PQ bytes per entry (8-bit sub-quantizers); 0 = largest divisor of the dim up to 64
+    pq_m: int = 0  # PQ bytes per entry (8-bit sub-quantizers); 0 = the largest divisor of the dim up to 64
     hnsw_m: int = 32  # HNSW links per node
     ef_construction: int = 40  # HNSW candidate list while building
     train_size: int = 1024  # entries buffered (searched exactly) before a trained kind is trained
@@ -123,6 +125,7 @@ class IndexSpec:
 
 
 def auto_pq_m(width: int) -> int:
+    """The largest divisor of ``width`` up to 64: 64-byte codes for dims 64 to 768 (6 dims per byte at 384)."""
     return max(m for m in range(1, min(width, PQ_MAX_BYTES) + 1) if width % m == 0)
 
 
@@ -143,15 +146,20 @@ def _build_index(spec: IndexSpec, dim: int, n_train: int) -> tuple[Any, dict[str
     else:
         nlist = spec.nlist or max(1, n_train // TRAIN_PER_LIST)
         resolved["nlist"] = nlist
+        if nlist >= HNSW_QUANTIZER_FROM:
+            # Assigning to thousands of lists exactly costs more than scanning them; a graph over the centroids
+            # finds the nearest lists in a few hundred distance computations.
+            quantizer = faiss.IndexHNSWFlat(width, 32, ip)
+        else:
+            quantizer = faiss.IndexFlatIP(width)
         if spec.kind == "ivf-flat":
-            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, ip)
+            inner = faiss.IndexIVFFlat(quantizer, width, nlist, ip)
         else:
             m = spec.pq_m or auto_pq_m(width)
             resolved["pq_m"] = m
-            inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(width), width, nlist, m, PQ_BITS, ip)
-            # The train_size check above is the guard on data; FAISS's "too few points" notice only repeats it.
-            inner.pq.cp.min_points_per_centroid = 1
-        inner.cp.min_points_per_centroid = 1
+            inner = faiss.IndexIVFPQ(quantizer, width, nlist, m, PQ_BITS, ip)
+            _quick_kmeans(inner.pq.cp)
+        _quick_kmeans(inner.cp)
     if not spec.pca_dim:
         return inner, resolved
     index = faiss.IndexPreTransform(inner)
@@ -159,6 +167,15 @@ def _build_index(spec: IndexSpec, dim: int, n_train: int) -> tuple[Any, dict[str
     # PCA orders dims by variance; a rotation after it spreads the variance evenly over the PQ sub-quantizers.
     index.prepend_transform(faiss.PCAMatrix(dim, width, 0.0, spec.kind == "ivf-pq"))
     return index, resolved
+
+
+def _quick_kmeans(cp: Any) -> None:
+    """Fewer k-means iterations and samples than FAISS's defaults (25, 256 per centroid): list assignment and
+    codebooks hardly change after 10, and training stays within minutes for a million entries on two cores.
+    ``min_points_per_centroid`` only silences FAISS's notice; ``IndexSpec.check`` guards the training size."""
+    cp.niter = KMEANS_ITERATIONS
+    cp.max_points_per_centroid = KMEANS_MAX_POINTS
+    cp.min_points_per_centroid = 1
 
 
 def index_bytes(index: Any) -> int:
@@ -321,7 +338,11 @@ class Memory:
         import faiss
 
         if self.trained and self.spec.is_ivf:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.nprobe)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.nprobe)
+            if self.resolved.get("nlist", 0) >= HNSW_QUANTIZER_FROM:
+                graph = faiss.SearchParametersHNSW(efSearch=max(64, 2 * self.spec.nprobe))
+                params.quantizer_params, params.referenced_graph_params = graph, graph  # keep it alive
+            return params
         if self.trained and self.spec.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=selector, efSearch=self.spec.ef_search)
         return faiss.SearchParameters(sel=selector)

@@ -363,8 +363,8 @@ def _autumn_tree(rng, u, v):
 
 
 def _night(rgb: Array) -> Array:
-    """Dim, blue-tinted light: every colour loses most of its brightness and its red and green."""
-    return rgb * np.array([0.28, 0.34, 0.55]) + np.array([4.0, 7.0, 20.0])
+    """Dim, blue-tinted light: every colour loses about half its brightness, red and green more than blue."""
+    return rgb * np.array([0.5, 0.55, 0.7]) + np.array([3.0, 6.0, 15.0])
 
 
 @dataclass(frozen=True)

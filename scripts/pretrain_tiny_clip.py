@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -20,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import clip  # noqa: E402
-from bench.pretrain.train import PretrainConfig, save_weights, train  # noqa: E402
+from bench.io import atomic_write_json
+from bench.models import clip
+from bench.pretrain.train import PretrainConfig, save_weights, train
 
 
 def _config(pairs: list[str]) -> PretrainConfig:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         digest = save_weights(model, tokens, cfg, out)
         if not args.check:
             log_path = out.with_name(out.stem + ".log.json")
-            log_path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "sha256": digest, **log}, indent=1))
+            atomic_write_json(log_path, {"config": dataclasses.asdict(cfg), "sha256": digest, **log})
     total = time.perf_counter() - start
     print(f"sha256 {digest}  ({total:.0f} s: scene pool {log['pool_s']:.0f} s, training {log['train_s']:.0f} s)")
     if args.check:

@@ -20,6 +20,7 @@ KINDS = {
     "flat-fp16": ("flat-fp16", {}, 0.99),
     "ivf-flat": ("ivf-flat", {"nprobe": 4}, 0.95),
     "ivf-pq": ("ivf-pq", {"nprobe": 4, "pq_m": 16}, 0.75),
+    "ivf-graph-lists": ("ivf-flat", {"nlist": 1024, "train_size": 1500, "nprobe": 64}, 0.9),  # HNSW quantizer
     "hnsw": ("hnsw", {}, 0.95),
     "pca-flat": ("flat", {"pca_dim": 32}, 0.9),
     "pca-ivf-pq": ("ivf-pq", {"pca_dim": 32, "pq_m": 16, "nprobe": 8}, 0.75),
@@ -60,10 +61,10 @@ _BUILT: dict[str, Memory] = {}
 
 
 def built(name: str, data: dict) -> Memory:
-    """Each kind filled once per test session, in batches, training on the second batch (train_size=1000)."""
+    """Each kind filled once per test session, in batches of 500; trained kinds train on reaching train_size."""
     if name not in _BUILT:
         kind, params, _ = KINDS[name]
-        _BUILT[name] = _fill(Memory(DIM, "emb", kind, train_size=1000, **params), data)
+        _BUILT[name] = _fill(Memory(DIM, "emb", kind, **{"train_size": 1000, **params}), data)
     return _BUILT[name]
 
 
@@ -209,3 +210,23 @@ def test_knn_config_maps_to_index_spec():
     spec = IndexSpec.from_config(KnnConfig(index="ivf-pq", pq_m=32, nprobe=8, k=4))
     assert spec == IndexSpec("ivf-pq", pq_m=32, nprobe=8)
     assert IndexSpec.from_config(KnnConfig()) == IndexSpec()  # the config's defaults are the memory's defaults
+
+
+def test_many_lists_are_found_through_a_graph(data):
+    memory = built("ivf-graph-lists", data)
+    ivf = faiss.extract_index_ivf(memory.index)
+    assert ivf.nlist == 1024 and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSWFlat)
+    assert isinstance(faiss.downcast_index(built("ivf-flat", data).index.quantizer), faiss.IndexFlatIP)
+
+
+def test_gpu_style_restricted_search_matches_the_selector(data):
+    """GPU indexes ignore id selectors, so there restricted search over-fetches and filters; checked here on a CPU
+    flat index by routing the search down that path."""
+    memory = _fill(Memory(DIM, "emb"), data)
+    expected = memory.search(data["q"], K, allowed=ALLOWED)
+    memory._gpu = object()  # what a GPU memory holds; the index itself stays the CPU one
+    scores, ids = memory.search(data["q"], K, allowed=ALLOWED)
+    np.testing.assert_array_equal(ids, expected[1])
+    np.testing.assert_allclose(scores, expected[0], rtol=1e-6)
+    few = memory.search(data["q"][:4], K, allowed=[data["names"][0]])[1]  # one class: ~300 entries, all found
+    assert (few >= 0).all() and {memory.names[c] for c in memory.label_codes(few).ravel()} == {data["names"][0]}

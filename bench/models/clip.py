@@ -122,12 +122,7 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
     import open_clip
 
     tag = resolve_pretrained(name, pretrained)
-    if tag == IN_REPO_TAG:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # every value is overwritten; the seed only keeps the caller's RNG untouched
-            model = open_clip.create_model(name, pretrained=None)
-        load_suite_weights(model, name)
-    elif tag == RANDOM_TAG:
+    if tag in (RANDOM_TAG, IN_REPO_TAG):
         # Random weights depend only on the seed, never on the caller's RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -137,6 +132,8 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
                 model = open_clip.create_model(name, pretrained=None)
             finally:
                 logging.getLogger().setLevel(quiet)
+        if tag == IN_REPO_TAG:  # every random value is replaced by the committed weights
+            load_suite_weights(model, name)
     else:
         try:
             model = open_clip.create_model(name, pretrained=tag, require_pretrained=True)

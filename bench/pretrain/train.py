@@ -11,9 +11,11 @@ Three InfoNCE-style terms share one pass of the visual tower:
   caption, which also trains the tokens the memory embedder reads.
 
 The region and patch terms play the part of the mask-classification training of the paper's base (FC-CLIP on
-COCO panoptic); the scene term is plain CLIP. Determinism: fixed thread count, deterministic algorithms, the
-weights' initial values from the seed, and every data decision (scene order, flips, captions) from a numpy
-generator seeded by (seed, step). The same torch build on the same kind of CPU gives the same bytes; another CPU
+COCO panoptic); the scene term is plain CLIP. Determinism: deterministic algorithms, the weights' initial
+values from the seed, and every data decision (scene order, flips, captions) from a numpy generator seeded by
+(seed, step). Training runs on one thread: on a shared 2-core machine two threads were four times slower (their
+kernels wait for each other while a neighbour holds a core), and one thread's reduction order does not depend
+on the machine's core count. The same torch build on the same kind of CPU gives the same bytes; another CPU
 family may round differently, and a checksum mismatch there says so, not that the script is broken.
 """
 
@@ -23,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -37,23 +40,22 @@ import torch.nn.functional as F
 from bench.io import atomic_write_bytes, atomic_write_text
 from bench.models import clip
 from bench.pretrain import world as W
-from bench.proposals import pool_features
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     model: str = "tiny-clip-synth"
     seed: int = 0
-    pool_size: int = 3000  # scenes generated once, then reused with horizontal flips
+    pool_size: int = 4000  # scenes generated once, then reused with horizontal flips
     scene_size: int = 128  # as the suite's synth tasks; resized to the model's input like at evaluation
-    steps: int = 900
+    steps: int = 800
     batch_size: int = 48
     lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.05
     patch_purity: float = 0.75  # a grid cell is a patch sample when one segment covers this share of it
     scene_weight: float = 0.5
-    threads: int = 2
+    threads: int = 1  # one thread: see the module docstring
 
 
 # -- the text tower's vocabulary -----------------------------------------------------------------------------------
@@ -83,9 +85,14 @@ def build_model(cfg: PretrainConfig) -> tuple[torch.nn.Module, CompactTokens]:
     import open_clip
 
     clip._register_configs()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = open_clip.create_model(cfg.model, pretrained=None)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that a model without weights is random
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = open_clip.create_model(cfg.model, pretrained=None)
+    finally:
+        logging.getLogger().setLevel(quiet)
     tokens = CompactTokens(open_clip.get_tokenizer(cfg.model), W.lexicon())
     full = model.token_embedding.weight.detach()
     model.token_embedding = torch.nn.Embedding.from_pretrained(full[tokens.ids].clone(), freeze=False)
@@ -115,7 +122,11 @@ def image_forward(visual: torch.nn.Module, images: torch.Tensor) -> tuple[torch.
 
 
 def _cell_counts(segments: torch.Tensor, num: int, grid: int) -> torch.Tensor:
-    """Pixels of each segment 0..num (0 = void) in each grid cell: ``(num+1)×grid²``, as pool_features counts."""
+    """Pixels of segment 0..num (0 = void) in each grid cell, float ``(num+1)×grid²``.
+
+    Cells are assigned exactly as :func:`bench.proposals.pool_features` assigns pixels to feature cells, so a
+    region's pooled feature here is the one the suite computes for the same mask.
+    """
     H, W_ = segments.shape
     rows = (torch.arange(H) * grid // H).view(H, 1)
     cols = (torch.arange(W_) * grid // W_).view(1, W_)
@@ -131,63 +142,98 @@ def _multi_positive_ce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
 
 
 @dataclass
+class PreparedPool:
+    """The scene pool as the model sees it, for both horizontal orientations: preprocessed images, the pixel
+    count of each segment in each grid cell, and the grid cells one segment covers for the most part."""
+
+    images: torch.Tensor  # float N×3×S×S (flipped on the fly: resizing commutes with flipping)
+    counts: list[tuple[torch.Tensor, torch.Tensor]]  # per scene, (as drawn, flipped): float (K+1)×g²
+    concepts: list[list[int]]
+
+    @classmethod
+    def build(cls, pool: W.ScenePool, size: int, grid: int, mean: torch.Tensor, std: torch.Tensor) -> PreparedPool:
+        images = torch.stack([clip.resize_normalize(im, size, mean, std) for im in pool.images])
+        counts = []
+        for seg, cs in zip(pool.segments, pool.segment_concepts):
+            seg = seg.long()
+            counts.append((_cell_counts(seg, len(cs), grid), _cell_counts(seg.flip(-1), len(cs), grid)))
+        return cls(images, counts, pool.segment_concepts)
+
+
+@dataclass
 class Batch:
     images: torch.Tensor  # float B×3×S×S, preprocessed
-    segments: list[torch.Tensor]  # int64 H×W per image (flipped like its image)
+    counts: list[torch.Tensor]  # float (K+1)×g² per image, oriented like it
     concepts: list[list[int]]  # world concept of each segment
     region_texts: list[str]  # one caption per concept of the batch
     region_concepts: list[int]  # the world concept of each of those captions
     scene_texts: list[str]
 
 
-def make_batch(pool: W.ScenePool, world: list[W.Concept], indices: np.ndarray, rng: np.random.Generator,
-               size: int, mean: torch.Tensor, std: torch.Tensor) -> Batch:
-    images, segments, concepts, scene_texts = [], [], [], []
+def make_batch(pool: PreparedPool, world: list[W.Concept], indices: np.ndarray, rng: np.random.Generator) -> Batch:
+    images, counts, concepts, scene_texts = [], [], [], []
     for i in indices.tolist():
         flip = bool(rng.random() < 0.5)
-        image, seg = pool.images[i], pool.segments[i].long()
-        image, seg = (image.flip(-1), seg.flip(-1)) if flip else (image, seg)
-        images.append(clip.resize_normalize(image, size, mean, std))
-        segments.append(seg)
-        cs = pool.segment_concepts[i]
+        images.append(pool.images[i].flip(-1) if flip else pool.images[i])
+        counts.append(pool.counts[i][int(flip)])
+        cs = pool.concepts[i]
         concepts.append(cs)
-        area = torch.bincount(seg.flatten(), minlength=len(cs) + 1)[1:]
+        area = counts[-1].sum(1)[1:]
         things = [world[c] for c in dict.fromkeys(cs) if world[c].isthing]
-        grounds = [(int(area[k]), c) for k, c in enumerate(cs) if not world[c].isthing and world[c].key != "sky"]
+        grounds = [(float(area[k]), c) for k, c in enumerate(cs) if not world[c].isthing and world[c].key != "sky"]
         ground = world[max(grounds)[1]] if grounds else None
         sky = any(world[c].key == "sky" for c in cs)
         scene_texts.append(W.scene_caption(things, ground, sky, rng))
     present = sorted({c for cs in concepts for c in cs})
     region_texts = [W.region_caption(world[c], rng) for c in present]
-    return Batch(torch.stack(images), segments, concepts, region_texts, present, scene_texts)
+    return Batch(torch.stack(images), counts, concepts, region_texts, present, scene_texts)
+
+
+def encode_text(model: torch.nn.Module, tokens: CompactTokens, texts: list[str]) -> torch.Tensor:
+    """Normalised ``N×D`` text embeddings, as ``model.encode_text`` computes them on the compact token ids.
+
+    The padding after the longest caption is cut: causal attention never lets it reach the end-of-text token
+    that open_clip pools at, so the result is the same, for a third of the work on short captions.
+    """
+    if model.text_pool_type != "argmax":
+        raise ValueError(f"pretraining expects argmax text pooling, got {model.text_pool_type!r}")
+    ids = tokens(texts)
+    n = int((ids > 0).sum(1).max())  # compact id 0 is padding
+    ids = ids[:, :n]
+    x = model.token_embedding(ids) + model.positional_embedding[:n]
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(len(x)), ids.argmax(-1)] @ model.text_projection
+    return F.normalize(x, dim=-1)
 
 
 def losses(model: torch.nn.Module, tokens: CompactTokens, batch: Batch, purity: float) -> dict[str, torch.Tensor]:
-    visual = model.visual
-    pooled, dense = image_forward(visual, batch.images)
-    texts = F.normalize(model.encode_text(tokens(batch.region_texts + batch.scene_texts)), dim=-1)
-    region_text, scene_text = texts[: len(batch.region_texts)], texts[len(batch.region_texts):]
+    pooled, dense = image_forward(model.visual, batch.images)
+    region_text = encode_text(model, tokens, batch.region_texts)
+    scene_text = encode_text(model, tokens, batch.scene_texts)
     scale = model.logit_scale.exp().clamp(max=100.0)
     column = {c: j for j, c in enumerate(batch.region_concepts)}
 
-    regions, region_labels, patches, patch_labels = [], [], [], []
-    grid = dense.shape[-1]
-    for feats, seg, cs in zip(dense, batch.segments, batch.concepts):
-        regions.append(pool_features(feats, seg, len(cs)))
-        region_labels += [column[c] for c in cs]
-        counts = _cell_counts(seg, len(cs), grid)
-        share, owner = (counts / counts.sum(0, keepdim=True)).max(0)
+    cells = dense.flatten(2).transpose(1, 2)  # B×g²×D
+    most = max(len(cs) for cs in batch.concepts)
+    weights = torch.zeros(len(cells), most, cells.shape[1])
+    for b, c in enumerate(batch.counts):
+        weights[b, : len(c) - 1] = c[1:]
+    regions = torch.bmm(weights, cells)[weights.sum(2) > 0]  # area-weighted sums, as pool_features (up to scale)
+    region_labels = torch.tensor([column[c] for cs, cnt in zip(batch.concepts, batch.counts)
+                                  for k, c in enumerate(cs) if cnt[k + 1].sum() > 0])
+    patches, patch_labels = [], []
+    for feats, cnt, cs in zip(cells, batch.counts, batch.concepts):
+        share, owner = (cnt / cnt.sum(0, keepdim=True)).max(0)
         keep = (owner > 0) & (share >= purity)
-        patches.append(feats.flatten(1).T[keep])
+        patches.append(feats[keep])
         patch_labels.append(torch.tensor([column[c] for c in cs])[owner[keep] - 1])
-    region_logits = scale * F.normalize(torch.cat(regions), dim=-1) @ region_text.T
-    labels = torch.tensor(region_labels)
-    positive = labels.view(1, -1) == torch.arange(len(region_text)).view(-1, 1)
+    region_logits = scale * F.normalize(regions, dim=-1) @ region_text.T
+    positive = region_labels.view(1, -1) == torch.arange(len(region_text)).view(-1, 1)
     patch_logits = scale * F.normalize(torch.cat(patches), dim=-1) @ region_text.T
     scene_logits = scale * F.normalize(pooled, dim=-1) @ scene_text.T
     target = torch.arange(len(scene_logits))
     return {
-        "region": (F.cross_entropy(region_logits, labels) + _multi_positive_ce(region_logits.T, positive)) / 2,
+        "region": (F.cross_entropy(region_logits, region_labels) + _multi_positive_ce(region_logits.T, positive)) / 2,
         "patch": F.cross_entropy(patch_logits, torch.cat(patch_labels)),
         "scene": (F.cross_entropy(scene_logits, target) + F.cross_entropy(scene_logits.T, target)) / 2,
     }
@@ -242,16 +288,16 @@ def train(cfg: PretrainConfig, log_every: int = 25) -> tuple[torch.nn.Module, Co
         print(f"scene pool: {len(pool)} scenes, {len(world)} concepts in {pool_s:.0f} s", flush=True)
         model, tokens = build_model(cfg)
         model.train()
-        visual = model.visual
-        size = visual.image_size[0]
         import open_clip
 
+        visual = model.visual
         mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+        prepared = PreparedPool.build(pool, visual.image_size[0], visual.grid_size[0], mean, std)
         optimizer = _optimizer(model, cfg)
         history, start = [], time.perf_counter()
         for step, indices in zip(range(cfg.steps), _order(cfg, len(pool))):
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 13, step]))
-            batch = make_batch(pool, world, indices, rng, size, mean, std)
+            batch = make_batch(prepared, world, indices, rng)
             parts = losses(model, tokens, batch, cfg.patch_purity)
             loss = parts["region"] + parts["patch"] + cfg.scene_weight * parts["scene"]
             for group in optimizer.param_groups:
@@ -265,10 +311,10 @@ def train(cfg: PretrainConfig, log_every: int = 25) -> tuple[torch.nn.Module, Co
                 elapsed = time.perf_counter() - start
                 rate = (step + 1) * cfg.batch_size / elapsed
                 eta = (cfg.steps - step - 1) * cfg.batch_size / rate
-                row = {"step": step, **{k: round(float(v), 4) for k, v in parts.items()}}
+                row = {"step": step, **{k: round(float(v.detach()), 4) for k, v in parts.items()}}
                 history.append(row)
-                print(f"step {step:4d}/{cfg.steps}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items())
-                      + f"  scale {float(model.logit_scale.exp()):.1f}  {rate:.0f} img/s  ETA {eta:.0f} s",
+                print(f"step {step:4d}/{cfg.steps}  " + "  ".join(f"{k} {row[k]:.3f}" for k in parts)
+                      + f"  scale {float(model.logit_scale.detach().exp()):.1f}  {rate:.0f} img/s  ETA {eta:.0f} s",
                       flush=True)
         model.eval()
         log = {"pool_s": round(pool_s, 1), "train_s": round(time.perf_counter() - start, 1), "history": history}
@@ -283,10 +329,10 @@ def weights_bytes(model: torch.nn.Module, tokens: CompactTokens, cfg: PretrainCo
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     state[clip.TOKEN_ROWS] = state.pop("token_embedding.weight")
     state[clip.TOKEN_IDS] = tokens.ids.clone()
-    world = {"held_out_words": sorted(W.HELD_OUT_WORDS), "held_out_combinations": sorted(W.HELD_OUT_COMBINATIONS)}
-    metadata = {"model": cfg.model, "pretrain_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-                "world": json.dumps(world, sort_keys=True)}
-    return save(state, metadata=metadata)
+    about = {"model": cfg.model, "pretrain_config": dataclasses.asdict(cfg),
+             "held_out_words": sorted(W.HELD_OUT_WORDS), "held_out_combinations": sorted(W.HELD_OUT_COMBINATIONS)}
+    # One metadata entry: safetensors writes several in hash-map order, which differs from run to run.
+    return save(state, metadata={"tiny_clip_synth": json.dumps(about, sort_keys=True)})
 
 
 def save_weights(model: torch.nn.Module, tokens: CompactTokens, cfg: PretrainConfig, path: Path) -> str:

@@ -1,0 +1,248 @@
+"""Per-image time of the evaluate and adapt passes of a realistic model, split by stage (for benchmarks/perf.py).
+
+The model: open_clip ViT-B-16 as the base and DINOv2 ViT-S/14 as the memory embedder, both at 224 (their default
+resolution here) with random weights, which time like trained ones. Images are 512×683 (ADE20K's typical size)
+synthetic scenes of smooth regions, so superpixels and JPEG decoding cost what they cost on photographs.
+
+Stages are timed by wrapping what :class:`bench.module.ContinualSegmenter` calls (its backbones, proposer,
+memory, fusion and inference functions); the module's own code runs unchanged and "other" is the remainder
+(mask pooling, the base's text classification, the metric update). The first batch is a warm-up and not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import bench.module as bm
+from bench.config import KnnConfig
+from bench.memory import Memory
+from bench.models import build_base, build_embedder
+from bench.proposals import build_proposer
+from datamodules.vocabulary import Vocabulary
+
+BASE, EMBEDDER = "ViT-B-16", "dinov2-vits14-random"
+IMAGE_HW = (512, 683)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Stages:
+    """Accumulated seconds per stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - tick
+
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.time(stage):
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+class TimedMemory:
+    """The memory, with search / label lookups / adds timed; everything else passes through."""
+
+    def __init__(self, memory: Memory, stages: Stages) -> None:
+        self._memory, self._stages = memory, stages
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._memory, name)
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        with self._stages.time("retrieval"):
+            return self._memory.search(*args, **kwargs)
+
+    def label_codes(self, ids: np.ndarray) -> np.ndarray:
+        with self._stages.time("fusion"):
+            return self._memory.label_codes(ids)
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        with self._stages.time("memory_add"):
+            return self._memory.add(*args, **kwargs)
+
+
+def scene(rng: np.random.Generator, regions: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``H×W×3`` image of smooth coloured regions (Voronoi cells with shading and mild noise) and its
+    int64 ``H×W`` region map."""
+    h, w = IMAGE_HW
+    yy, xx = np.mgrid[:h, :w]
+    seeds = rng.integers(0, (h, w), (regions, 2))
+    cell = np.argmin((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2, 0)
+    colours = rng.integers(30, 225, (regions, 3)).astype(np.float32)
+    shade = 0.85 + 0.3 * (yy / h)[..., None]
+    rgb = colours[cell] * shade + rng.normal(0, 6, (h, w, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8), cell
+
+
+def _text_stand_in(dim: int) -> Callable[[list[str]], torch.Tensor]:
+    # Text embeddings are computed once per vocabulary and evaluation (and cached on disk), never per image;
+    # random unit vectors stand in so that 150 prompts × 7 templates through the text tower are not waited for.
+    return lambda names: F.normalize(torch.randn(len(names), dim), dim=1)
+
+
+def build_model(memory: Memory) -> bm.ContinualSegmenter:
+    torch.manual_seed(0)
+    base = build_base(BASE, "random-init")
+    base.text_embeddings = _text_stand_in(base.dim)
+    embedder = build_embedder("dinov2", base, EMBEDDER)
+    if embedder.dim != memory.dim:
+        raise ValueError(f"memory of dim {memory.dim}, but {EMBEDDER} embeds in {embedder.dim}")
+    return bm.ContinualSegmenter(base, build_proposer("superpixel", 64, 10.0), embedder, memory, KnnConfig())
+
+
+@contextlib.contextmanager
+def _patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
+    """Time the module's collaborators in place; restore them afterwards."""
+    base, embedder = module.base, module.embedder
+    names = ("dense_batch", "retrieval_distribution", "fuse", "semantic_from_proposals")
+    saved = {n: getattr(bm, n) for n in names}
+    saved_memory, saved_proposer = module.memory, module.proposer
+
+    def dense_batch(backbone: Any, batch: list[dict[str, Any]]) -> torch.Tensor:
+        stage = "base_forward" if backbone is base else "embedder_forward" if backbone is embedder else "other"
+        with stages.time(stage):
+            return saved["dense_batch"](backbone, batch)
+
+    bm.dense_batch = dense_batch
+    bm.retrieval_distribution = stages.wrap("fusion", saved["retrieval_distribution"])
+    bm.fuse = stages.wrap("fusion", saved["fuse"])
+    bm.semantic_from_proposals = stages.wrap("inference", saved["semantic_from_proposals"])
+    module.memory = TimedMemory(saved_memory, stages)
+    module.proposer = stages.wrap("proposals", saved_proposer)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(bm, n, fn)
+        module.memory, module.proposer = saved_memory, saved_proposer
+
+
+def _per_image(stages: Stages, total: float, images: int) -> dict[str, Any]:
+    ms = {k: 1000 * v / images for k, v in sorted(stages.seconds.items())}
+    ms["other"] = 1000 * total / images - sum(ms.values())
+    return {"images_timed": images, "ms_per_image_total": round(1000 * total / images, 2),
+            "ms_per_image": {k: round(v, 2) for k, v in ms.items()}}
+
+
+def predict_timing(module: bm.ContinualSegmenter, vocabulary: list[str], images: int, batch_size: int,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluation of one vocabulary, per image by stage; ``retrieval_fraction`` = (retrieval + fusion) / total."""
+    from datamodules.contract import IGNORE_INDEX
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(images + batch_size):
+        rgb, cell = scene(rng)
+        semantic = torch.from_numpy(cell % len(vocabulary)).long()
+        semantic[:4] = IGNORE_INDEX
+        samples.append({"image": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), "semantic": semantic,
+                        "segments": torch.from_numpy(cell + 1), "segment_classes": torch.arange(int(cell.max()) + 1)
+                        % len(vocabulary), "segment_iscrowd": torch.zeros(int(cell.max()) + 1, dtype=torch.bool),
+                        "meta": {"dataset": "perf", "file_id": "", "size": IMAGE_HW}})
+    module.begin_eval([Vocabulary.from_names("perf", vocabulary)])
+    stages = Stages()
+    total = 0.0
+    with torch.no_grad(), _patched(module, stages):
+        module.test_step(samples[:batch_size], 0, 0)  # warm-up
+        stages.seconds.clear()
+        for i in range(batch_size, len(samples), batch_size):
+            tick = time.perf_counter()
+            module.test_step(samples[i:i + batch_size], i, 0)
+            total += time.perf_counter() - tick
+            log(f"  predict: {i} of {images} images timed, {total / i:.2f} s/image")
+    out = _per_image(stages, total, images)
+    ms = out["ms_per_image"]
+    knn = ms.get("retrieval", 0) + ms.get("fusion", 0)
+    out["retrieval_fraction"] = round(knn / out["ms_per_image_total"], 5)
+    # The stricter view: against the two backbones' forward passes alone (no superpixels, no pooling).
+    out["retrieval_fraction_of_forward"] = round(knn / (ms["base_forward"] + ms["embedder_forward"]), 5)
+    return out
+
+
+def write_ade_folder(root: Path, images: int) -> None:
+    """An ADE20K-format split (JPEG images, 8-bit PNG label maps with values 1..150) of synthetic scenes."""
+    rng = np.random.default_rng(1)
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+    for i in range(images):
+        rgb, cell = scene(rng)
+        labels = rng.choice(np.arange(1, 151), int(cell.max()) + 1)
+        for split in ("training", "validation") if i == 0 else ("training",):
+            stem = f"ADE_{split[:5]}_{i:08d}"
+            Image.fromarray(rgb).save(root / "images" / split / f"{stem}.jpg", quality=90)
+            Image.fromarray(labels[cell].astype(np.uint8)).save(root / "annotations" / split / f"{stem}.png")
+
+
+def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, num_workers: int = 0,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The adapt pass over an ADE20K-format folder through the suite's own reader and data module, per image by
+    stage: data (read, decode, validate; with workers, the time spent waiting for them), preprocess (resize,
+    normalise), embedder forward, pooling (the rest of ``predict_step``), memory add.
+    ``adapt_overhead_fraction`` = everything but the forward / the forward."""
+    from datamodules.sequence import SequenceDataModule, load_sequence
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ade"
+        write_ade_folder(root, images + batch_size)
+        yaml = Path(tmp) / "perf-ade.yaml"
+        yaml.write_text(f"name: perf-ade\ntasks:\n  - name: ade\n    format: ade20k\n    root: {root}\n"
+                        f"    vocabulary: {REPO / 'tasks' / 'vocab' / 'ade150.txt'}\n"
+                        "    adapt: {split: train}\n    eval: {split: val}\n")
+        spec = load_sequence(str(yaml))
+        dm = SequenceDataModule(spec, tmp, batch_size=batch_size, num_workers=num_workers)
+        dm.set_step(0)
+        module.begin_adapt(spec.tasks[0].vocabulary)
+        embedder = module.embedder
+        stages = Stages()
+        added, timed, total = 0, 0, 0.0
+        saved_memory = module.memory
+        module.memory = TimedMemory(saved_memory, stages)
+        embedder.preprocess = stages.wrap("preprocess", embedder.preprocess)
+        embedder.dense_features = stages.wrap("embedder_forward", embedder.dense_features)
+        try:
+            with torch.no_grad():
+                batches = iter(dm.predict_dataloader())
+                for i in range(images // batch_size + 1):
+                    tick = time.perf_counter()
+                    batch = next(batches)
+                    loaded = time.perf_counter()
+                    entries = module.predict_step(batch, i)
+                    if i == 0:  # warm-up
+                        stages.seconds.clear()
+                        continue
+                    added += entries
+                    stages.seconds["data"] += loaded - tick
+                    total += time.perf_counter() - tick
+                    timed += len(batch)
+                    log(f"  adapt ({num_workers} workers): {timed} of {images} images timed")
+        finally:
+            module.memory = saved_memory
+            del embedder.preprocess, embedder.dense_features
+    out = _per_image(stages, total, timed)
+    out["ms_per_image"]["pooling"] = out["ms_per_image"].pop("other")
+    out["entries_added_per_image"] = round(added / timed, 2)
+    out["num_workers"] = num_workers
+    ms = out["ms_per_image"]
+    out["adapt_overhead_fraction"] = round((out["ms_per_image_total"] - ms["embedder_forward"])
+                                           / ms["embedder_forward"], 5)
+    return out

@@ -1,0 +1,50 @@
+"""The performance harness's own arithmetic (exact neighbours, recall, list counts) and a miniature table run."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import perf_memory
+
+
+def test_exact_top_k_matches_a_full_sort():
+    rng = np.random.default_rng(0)
+    base, queries = rng.standard_normal((1000, 16)).astype(np.float32), rng.standard_normal((5, 16)).astype(np.float32)
+    found = perf_memory.exact_top_k(queries, base, 7, chunk=128)  # chunks smaller than the base
+    expected = np.argsort(-(queries @ base.T), axis=1)[:, :7]
+    assert [set(r) for r in found.tolist()] == [set(r) for r in expected.tolist()]
+
+
+def test_recall_counts_true_neighbours_found():
+    truth = np.array([[1, 2, 3, 4], [5, 6, -1, -1]])
+    found = np.array([[4, 3, 9, 8], [6, -1, -1, -1]])
+    assert perf_memory.recall(found, truth) == pytest.approx((2 / 4 + 1 / 2) / 2)
+
+
+def test_synthetic_embeddings_are_unit_vectors_from_the_vocabulary_when_asked():
+    syn = perf_memory.Synthetic(clusters=40, classes=10, vocabulary=3)
+    x, which = perf_memory.clustered(500, 32, syn, seed=1, chunk=128)
+    assert x.shape == (500, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+    _, which = perf_memory.clustered(200, 32, syn, seed=2, only_vocabulary=True)
+    assert set((which % syn.classes).tolist()) <= {0, 1, 2}
+
+
+def test_ivf_lists_grow_with_the_memory():
+    assert [perf_memory.ivf_lists(n) for n in (1_000, 10_000, 100_000, 1_000_000, 10_000_000)] == [
+        16, 32, 512, 4096, 4096]
+
+
+@pytest.mark.slow
+def test_table_runs_end_to_end_on_a_small_memory():
+    syn = perf_memory.Synthetic(clusters=40, classes=10, vocabulary=3)
+    rows, kept = perf_memory.table([2000], 32, syn, quick=True, keep=("ivf-flat", 2000, {"nprobe": 4}),
+                                   log=lambda _: None)
+    kinds = [r["kind"] for r in rows if "kind" in r]
+    assert kinds == ["flat", "flat-fp16", "ivf-flat", "ivf-pq", "pca16-ivf-pq", "hnsw"]
+    flat = rows[0]
+    assert flat["sweep"][0]["recall_at_16"] == 1.0 and flat["bytes_per_entry"] == pytest.approx(4 * 32 + 8, abs=1)
+    assert kept is not None and kept.spec.nprobe == 4 and len(kept) == 2000

@@ -1,0 +1,118 @@
+"""tiny-clip-synth: the committed weights, their checksum, what pretraining held out, and that they know things."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bench.errors import ConfigError
+from bench.models import build_base, clip
+from bench.pretrain import train, world
+from bench.run import build_config, run
+
+NAME = "tiny-clip-synth"
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return build_base(NAME)
+
+
+def test_committed_weights_load_and_name_their_checksum(base):
+    path = clip.SUITE_WEIGHTS[NAME]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert clip.suite_checksum(NAME) == digest
+    assert base.identity == f"open_clip:{NAME}/in-repo(sha256={digest[:16]})"
+    assert base.tag == "in-repo" and NAME not in clip.RANDOM_INIT_MODELS and "tiny-random" in clip.RANDOM_INIT_MODELS
+    assert path.stat().st_size < 8_000_000  # a few MB: only the token rows the captions use are stored
+    from safetensors.torch import load_file
+
+    stored = load_file(path)
+    assert torch.equal(base.model.visual.proj, stored["visual.proj"])
+    # A word pretraining never saw has no embedding at all (the held-out "crab"), a seen one has.
+    table = base.model.token_embedding.weight
+    crab, ball = (int(base._tokenizer([w])[0][1]) for w in ("crab", "ball"))
+    assert not table[crab].any() and table[ball].any()
+
+
+def test_pretrained_tag_rules():
+    assert clip.resolve_pretrained(NAME, "") == clip.resolve_pretrained(NAME, "in-repo") == "in-repo"
+    assert clip.resolve_pretrained(NAME, "random-init") == "random-init"  # the same architecture, untrained
+    with pytest.raises(ConfigError, match="ships its weights in the repository"):
+        clip.resolve_pretrained(NAME, "openai")
+
+
+def test_changed_or_missing_weights_are_refused(tmp_path, monkeypatch):
+    copy = tmp_path / f"{NAME}.safetensors"
+    data = bytearray(clip.SUITE_WEIGHTS[NAME].read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    shutil.copy(clip.checksum_path(clip.SUITE_WEIGHTS[NAME]), clip.checksum_path(copy))
+    monkeypatch.setitem(clip.SUITE_WEIGHTS, NAME, copy)
+    with pytest.raises(RuntimeError, match=r"does not match tiny-clip-synth\.safetensors\.sha256.*rebuild"):
+        build_base(NAME)
+    copy.unlink()
+    with pytest.raises(RuntimeError, match="weights are missing"):
+        build_base(NAME)
+
+
+def test_pretraining_computes_what_the_suite_computes(base):
+    """The features and text embeddings pretraining optimises are the suite's, for the same weights."""
+    images = torch.stack([base.preprocess(torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8))
+                          for _ in range(2)])
+    pooled, dense = train.image_forward(base.model.visual, images)
+    assert torch.allclose(dense, base.dense_features(images), atol=1e-5)
+    assert torch.allclose(pooled, base.model.encode_image(images), atol=1e-5)
+    model, tokens = train.build_model(train.PretrainConfig())
+    texts = ["a photo of a red ball.", "there is a yellow diamond-shaped kite in the scene.", "grass"]
+    full = torch.nn.functional.normalize(model.encode_text(tokens(texts)), dim=-1)
+    assert torch.allclose(train.encode_text(model, tokens, texts), full, atol=1e-5)
+
+
+def test_held_out_words_and_combinations_never_appear():
+    concepts = world.concepts()
+    assert {("ball", "blue"), ("kite", "green")} <= world.HELD_OUT_COMBINATIONS
+    assert not {(c.noun, c.colour) for c in concepts} & world.HELD_OUT_COMBINATIONS
+    rng = np.random.default_rng(0)
+    captions = [world.region_caption(c, rng) for c in concepts for _ in range(20)]
+    things = [c for c in concepts if c.isthing]
+    captions += [world.scene_caption(things[i:i + 3], concepts[1], True, rng) for i in range(len(things))]
+    words = {w.strip(".,") for text in captions + world.lexicon() for w in text.split()}
+    assert not words & world.HELD_OUT_WORDS
+    assert any("star-shaped" in c for c in captions)  # crabs are there, described but never named
+
+
+def _one_task_sequence(tmp_path: Path, task: str) -> Path:
+    doc = yaml.safe_load((TASKS / "synth-shift.yaml").read_text())
+    [entry] = [t for t in doc["tasks"] if t["name"] == task]
+    entry["vocabulary"] = str(TASKS / entry["vocabulary"])
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({"name": f"one-{task}", "defaults": doc["defaults"], "tasks": [entry]}))
+    return path
+
+
+def test_zeroshot_is_far_above_chance_on_a_seen_task(tmp_path):
+    cfg, spec = build_config([f"SEQ={_one_task_sequence(tmp_path, 'city')}", "METHOD=zeroshot", "eval_limit=8",
+                              f"output_dir={tmp_path / 'runs'}", "progress=false", "wandb=false"])
+    record = run(cfg, spec)
+    assert record["model"]["identity"].startswith(f"open_clip:{NAME}/in-repo(sha256=")
+    # 7 classes: a uniform guess per superpixel scores about 8% mIoU; tiny-random scores 2-4%.
+    assert record["matrix"]["miou"][0][0] > 50
+
+
+@pytest.mark.slow
+def test_rebuilding_the_weights_reproduces_the_committed_checksum(capsys):
+    start = time.perf_counter()
+    model, tokens, _ = train.train(train.PretrainConfig())
+    digest = hashlib.sha256(train.weights_bytes(model, tokens, train.PretrainConfig())).hexdigest()
+    with capsys.disabled():
+        print(f"\nrebuilt {NAME} in {time.perf_counter() - start:.0f} s: sha256 {digest}")
+    assert digest == clip.suite_checksum(NAME), "same torch build and CPU kind expected; see bench/pretrain/train.py"
