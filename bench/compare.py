@@ -15,7 +15,10 @@ COLUMNS = ("method", "final average", "average incremental", "mean forgetting", 
 
 
 def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
+    if value is None:
+        return ""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def _state(record: dict[str, Any]) -> str:

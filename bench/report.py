@@ -287,7 +287,9 @@ def summary_rows(runs: Sequence[Run], metrics: Sequence[str]) -> list[dict[str, 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        # Runs keep different state (memory entries, trainable parameters): the columns are the union.
+        fieldnames = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(buf, fieldnames=fieldnames, restval="", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v)

@@ -202,3 +202,13 @@ def test_report_on_two_real_runs(tmp_path):
     assert written["scatter"] is None  # only one run has a memory
     for path in [*written["heatmaps"].values(), *written["curves"].values()]:
         _pixels(Path(path))
+
+
+def test_csv_columns_are_the_union_of_the_runs_state():
+    from bench.report import _csv_text
+
+    text = _csv_text([{"method": "zeroshot"}, {"method": "knn", "state_memory_entries": 10},
+                      {"method": "finetune", "state_trainable_params": 5}])
+    lines = text.strip().splitlines()
+    assert lines[0] == "method,state_memory_entries,state_trainable_params"
+    assert lines[1:] == ["zeroshot,,", "knn,10,", "finetune,,5"]
