@@ -2,9 +2,10 @@
 
 Run: ``make perf`` (memories of 10k, 100k and 1M entries at d = 384 and 768, the pipeline with a 1M-entry memory,
 the embedded sequence with six memory kinds; about 16 minutes on two CPU cores), or ``.venv/bin/python
-benchmarks/perf.py --quick`` (10k and 100k entries, fewer images; about 3 minutes, written to
-results/perf/quick.json so the full figures stay; its size-dependent keys end in _100k). The JSON is written
-atomically, with a plot of latency and recall against memory size next to it; the headline figures print.
+benchmarks/perf.py --quick`` (10k and 100k entries at d = 384 only, fewer images, two sequence runs; 3 to 4
+minutes; written to results/perf/quick.json so the full figures stay; its size-dependent keys end in _100k). The
+JSON is written atomically, with a plot of latency and recall against memory size next to it (same name,
+``-latency-recall.png``); the headline figures print.
 
 Headline keys (null where a quick run does not measure them):
 
@@ -81,13 +82,14 @@ def _at(row: dict[str, Any] | None, key: str, value: int) -> dict[str, Any] | No
     return None if row is None else next((p for p in row["sweep"] if p.get(key) == value), None)
 
 
-def memory_and_pipeline(sizes: list[int], quick: bool, images: int, batch: int) -> dict[str, Any]:
+def memory_and_pipeline(sizes: list[int], dims: tuple[int, ...], quick: bool, images: int, batch: int
+                        ) -> dict[str, Any]:
     """Tables at both dims; between them, the pipeline timed with the largest d=384 memory in DEFAULT_INDEX."""
     syn = perf_memory.Synthetic()
     largest = max(sizes)
     keep = ("ivf-flat", largest, {"nprobe": DEFAULT_INDEX["nprobe"]})
     rows, pipeline = [], {}
-    for dim in DIMS:
+    for dim in dims:
         tick = time.perf_counter()
         part, memory = perf_memory.table(sizes, dim, syn, quick, keep=keep if dim == 384 else None, log=log)
         rows += part
@@ -108,12 +110,13 @@ def memory_and_pipeline(sizes: list[int], quick: bool, images: int, batch: int) 
     return {"rows": rows, "pipeline": pipeline, "synthetic": syn.__dict__}
 
 
-def miou_runs(log_dir: Path) -> dict[str, Any]:
-    """The embedded sequence with knn and each memory of SEQUENCE_RUNS; per step: entries and mIoU."""
+def miou_runs(log_dir: Path, names: list[str]) -> dict[str, Any]:
+    """The embedded sequence with knn and the named memories of SEQUENCE_RUNS; per step: entries and mIoU."""
     from bench.run import build_config, run
 
     out: dict[str, Any] = {}
-    for name, overrides in SEQUENCE_RUNS.items():
+    for name in names:
+        overrides = SEQUENCE_RUNS[name]
         tick = time.perf_counter()
         cfg, spec = build_config(["SEQ=synth", "METHOD=knn", "progress=false", "wandb=false", f"RUN_ID=perf-{name}",
                                   f"output_dir={log_dir}", *overrides])
@@ -168,19 +171,20 @@ def headline(result: dict[str, Any], largest: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10k and 100k entries only, few images")
+    parser.add_argument("--quick", action="store_true", help="10k and 100k entries at d=384, few images")
     parser.add_argument("--out", default=None, help="default results/perf/latest.json (quick: quick.json)")
     args = parser.parse_args(argv)
     out = Path(args.out or REPO / "results" / "perf" / ("quick.json" if args.quick else "latest.json"))
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     images, batch = (4, 2) if args.quick else (16, 8)
+    dims = DIMS[:1] if args.quick else DIMS
     start = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "memory at scale and the per-image pipeline (issue 9)",
-                              "quick": args.quick, "sizes": sizes, "dims": list(DIMS),
+                              "quick": args.quick, "sizes": sizes, "dims": list(dims),
                               "default_index": DEFAULT_INDEX, "compressed_index": COMPRESSED_INDEX}
-    result["memory"] = memory_and_pipeline(sizes, args.quick, images, batch)
+    result["memory"] = memory_and_pipeline(sizes, dims, args.quick, images, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        result["miou"] = miou_runs(Path(tmp))
+        result["miou"] = miou_runs(Path(tmp), ["flat", "compressed"] if args.quick else list(SEQUENCE_RUNS))
     result["pq_speed"] = pq_speedup(rerun=not args.quick)
     heads = headline(result, max(sizes))
     for key in ("retrieval_fraction_1m", "recall_at_16_1m"):
