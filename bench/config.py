@@ -83,6 +83,7 @@ class RunConfig:
     output_dir: str = "results/runs"
     run_id: str = ""  # empty = derived from the model and a hash of the config
     max_steps: int = 0  # 0 = all; n = stop after n steps (resume later with the same command)
+    devices: int = 1  # n > 1: n processes on this machine (CPU DDP over gloo); knn and zeroshot only
     progress: bool = True
     wandb: bool = True  # W&B logging (online with a login, offline without); CSV logs are always written
     wandb_memory: bool = False  # upload the final memory as a W&B artifact (knn)
@@ -91,8 +92,9 @@ class RunConfig:
 # Upper-case names as the Makefile passes them.
 ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRAINED": "model.pretrained",
            "EMBEDDER": "embedder.kind", "PROPOSALS": "proposals.kind", "DATA_ROOT": "data_root",
-           "SEED": "seed", "RUN_ID": "run_id"}
-RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory")
+           "SEED": "seed", "RUN_ID": "run_id", "DEVICES": "devices"}
+RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory",
+                 "devices")
 
 
 def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:

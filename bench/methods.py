@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.distributed import is_rank_zero
 from bench.errors import ConfigError
 
 
@@ -28,6 +29,7 @@ class RunContext:
 class Method:
     name = ""
     description = ""
+    distributed = True  # runs with devices > 1 and writes the same record as with one process
 
     def setup(self, ctx: RunContext, steps_done: int) -> None:
         """Build the method's state, restored from ``steps_done`` finished steps (0 = fresh)."""
@@ -66,12 +68,13 @@ class KnnMemory(Method):
         before = len(memory)
         ctx.module.begin_adapt(ctx.spec.tasks[t].vocabulary)
         ctx.trainer().predict(ctx.module, datamodule=ctx.dm, return_predictions=False)
-        memory.save(ctx.out / "memory" / f"step-{t + 1}")
+        if is_rank_zero():  # every rank holds the same memory (bench.module.on_predict_epoch_end)
+            memory.save(ctx.out / "memory" / f"step-{t + 1}")
         return {"adapt_images": len(ctx.dm.adapt_dataset(t)), "memory_added": len(memory) - before}
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         memory = ctx.module.memory
-        return {"memory_entries": len(memory), "memory_bytes": len(memory) * memory.dim * 4}
+        return {"memory_entries": len(memory), "memory_bytes": memory.nbytes}
 
 
 def _build_methods() -> dict[str, Method]:

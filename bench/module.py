@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import KnnConfig
+from bench.distributed import gather_in_shard_order, world_size
 from bench.fusion import fuse, retrieval_distribution
 from bench.inference import panoptic_from_proposals, semantic_from_proposals
 from bench.memory import Memory
@@ -41,6 +42,7 @@ class ContinualSegmenter(L.LightningModule):
         self.results: list[dict[str, torch.Tensor]] = []
         self.pq_results: list[dict[str, Any] | None] = []
         self.proposals_are_instances = proposer is ground_truth
+        self._pending: list[tuple[np.ndarray, list[str]]] = []  # DDP adapt: this rank's share
 
     # -- adapt: one pass, no gradients, ground-truth segments into the memory -------------------------------------
     def begin_adapt(self, vocabulary: Vocabulary) -> None:
@@ -51,16 +53,32 @@ class ContinualSegmenter(L.LightningModule):
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
         assert self.adapt_vocabulary is not None and self.memory is not None
         features = dense_batch(self.embedder, batch)
-        embeddings, names = [], []
+        samples = []  # per sample: (unit embeddings of its segments, their class names)
         for sample, feats in zip(batch, features):
             classes, crowd = sample["segment_classes"], sample["segment_iscrowd"]
             pooled = pool_features(feats, sample["segments"], len(classes))
             keep = ~crowd & (torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:] > 0)
-            embeddings.append(F.normalize(pooled[keep], dim=1))
-            names += [self.adapt_vocabulary.classes[c] for c in classes[keep].tolist()]
+            samples.append((F.normalize(pooled[keep], dim=1).float().cpu().numpy(),
+                            [self.adapt_vocabulary.classes[c] for c in classes[keep].tolist()]))
+        if world_size() > 1:  # added once every rank's share is known, see on_predict_epoch_end
+            self._pending += samples
+        else:
+            self._add(samples)
+        return sum(len(names) for _, names in samples)
+
+    def _add(self, samples: list[tuple[np.ndarray, list[str]]]) -> None:
+        names = [n for _, sample_names in samples for n in sample_names]
         if names:
-            self.memory.add(torch.cat(embeddings).float().cpu().numpy(), names)
-        return len(names)
+            self.memory.add(np.concatenate([e for e, _ in samples]), names)
+
+    def on_predict_epoch_end(self) -> None:
+        """Under DDP: every rank adds every rank's segments, in the order and in the batches one process would
+        (sample order restored from the shard layout), so all ranks search the same memory as a 1-process run."""
+        if world_size() > 1:
+            merged, self._pending = gather_in_shard_order(self._pending), []
+            size = self.trainer.datamodule.batch_size
+            for start in range(0, len(merged), size):
+                self._add(merged[start:start + size])
 
     # -- evaluate: every vocabulary seen so far, each with its own metric -----------------------------------------
     def begin_eval(self, vocabularies: list[Vocabulary], panoptic: list[bool] | None = None) -> None:

@@ -14,9 +14,10 @@ import torch
 
 from bench import continual
 from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict
+from bench.distributed import barrier, is_rank_zero
 from bench.errors import ConfigError
 from bench.io import atomic_write_json, atomic_write_text
-from bench.methods import Method, RunContext, get_method
+from bench.methods import Method, RunContext, get_method, methods
 from bench.results import RECORD_VERSION, format_matrix, git_commit, load_record, package_versions
 from datamodules.sequence import SequenceSpec, load_sequence
 
@@ -61,8 +62,11 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last="link", save_top_k=1,
                                          every_n_epochs=1, enable_version_counter=False,
                                          save_on_train_epoch_end=True))
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=checkpoint_dir is not None,
-                     callbacks=callbacks, enable_model_summary=False, enable_progress_bar=cfg.progress,
+    ddp = cfg.devices > 1
+    return L.Trainer(accelerator="cpu", devices=cfg.devices, strategy="ddp" if ddp else "auto",
+                     use_distributed_sampler=False,  # the datamodule shards without padding (bench.sampling)
+                     logger=False, enable_checkpointing=checkpoint_dir is not None,
+                     callbacks=callbacks, enable_model_summary=False, enable_progress_bar=cfg.progress and not ddp,
                      max_epochs=max_epochs, deterministic=True)
 
 
@@ -95,6 +99,11 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     from datamodules.sequence import SequenceDataModule
 
     method = get_method(cfg.method)
+    if cfg.devices < 1:
+        raise ConfigError(f"devices must be >= 1, got {cfg.devices}")
+    if cfg.devices > 1 and not method.distributed:
+        raise ConfigError(f"METHOD {method.name!r} runs in one process only (devices=1); devices={cfg.devices} is "
+                          f"supported by: {', '.join(n for n, m in methods().items() if m.distributed)}")
     out = run_dir(cfg, spec)
     record_path = out / "record.json"
     previous = load_record(record_path) if record_path.exists() else None
@@ -102,8 +111,8 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
         raise ConfigError(f"{out} holds a run with another config (hash {previous.get('config_hash')}, this one "
                           f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
     if previous is not None and previous["complete"]:
-        print(f"already complete: {record_path}")
-        print(_tables(previous))
+        say(f"already complete: {record_path}")
+        say(_tables(previous))
         return previous
 
     L.seed_everything(cfg.seed, verbose=False)
@@ -120,15 +129,17 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     record["git_commit"], record["versions"] = git_commit(), package_versions()
     record["timings"]["model_load_s"] = round(time.perf_counter() - start, 3)
     if first:
-        print(f"resuming {out} after step {first} of {len(spec.tasks)}")
+        say(f"resuming {out} after step {first} of {len(spec.tasks)}")
     last = len(spec.tasks) if not cfg.max_steps else min(len(spec.tasks), first + cfg.max_steps)
-    loggers = make_loggers(out, spec.name, method.name, out.name, to_dict(cfg), use_wandb=cfg.wandb)
+    # Only rank 0 writes, logs and prints; the other ranks (started by Lightning at the first Trainer call) compute.
+    loggers = make_loggers(out, spec.name, method.name, out.name, to_dict(cfg), use_wandb=cfg.wandb) \
+        if is_rank_zero() else []
     ok = False
     try:
         for t in range(first, last):
             _step(ctx, method, t, record)
             log_results(loggers, record, t + 1)
-        if record["steps_done"] == len(spec.tasks):
+        if record["steps_done"] == len(spec.tasks) and is_rank_zero():
             record["complete"] = True
             atomic_write_json(record_path, record)
             atomic_write_text(out / "table.txt", _tables(record) + "\n")
@@ -138,9 +149,16 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
         ok = True
     finally:
         finish(loggers, success=ok)
-    print(_tables(record))
-    print(f"record: {record_path}")
+    barrier()  # every rank has finished before rank 0 returns (a caller may read what the others computed)
+    record["complete"] = record["steps_done"] == len(spec.tasks)
+    say(_tables(record))
+    say(f"record: {record_path}")
     return record
+
+
+def say(text: str) -> None:
+    if is_rank_zero():
+        print(text)
 
 
 def _summarize(matrix: list[list[float | None]], t: int) -> dict[str, Any]:
@@ -191,7 +209,7 @@ def _record_pq(record: dict[str, Any], results: list[dict[str, Any] | None], t: 
 def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> None:
     spec, module, dm = ctx.spec, ctx.module, ctx.dm
     task = spec.tasks[t]
-    print(f"step {t + 1}/{len(spec.tasks)}: adapt to {task.name!r} ({len(task.vocabulary)} classes)")
+    say(f"step {t + 1}/{len(spec.tasks)}: adapt to {task.name!r} ({len(task.vocabulary)} classes)")
     dm.set_step(t)
     tick = time.perf_counter()
     timing: dict[str, Any] = {"step": t + 1, **method.adapt(ctx, t)}
@@ -216,4 +234,5 @@ def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> No
     record["timings"]["steps"].append(timing)
     record["steps_done"] = t + 1
     record["summary"]["miou"] = _summarize(record["matrix"]["miou"], t)
-    atomic_write_json(ctx.out / "record.json", record)
+    if is_rank_zero():
+        atomic_write_json(ctx.out / "record.json", record)

@@ -258,7 +258,13 @@ class SequenceDataModule(_lightning_datamodule_base()):
         return TaskDataset(task, task.eval, self.data_root, self.eval_limit)
 
     def _loader(self, dataset: TaskDataset) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+        # Under DDP each rank reads every W-th sample, no padding (so no sample is counted twice); the Trainer is
+        # built with use_distributed_sampler=False so Lightning does not put its padding sampler in front.
+        from bench.distributed import rank, world_size
+        from bench.sampling import ShardSampler
+
+        sampler = ShardSampler(len(dataset), world_size(), rank()) if world_size() > 1 else None
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
                                            num_workers=self.num_workers, collate_fn=collate_samples)
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:

@@ -36,6 +36,8 @@ def _union(names: list[str]) -> list[str]:
 
 
 class AdapterFinetune(Method):
+    distributed = False  # training under DDP would change the batches and the result; one process only
+
     def __init__(self, name: str, description: str, replay: bool = False, joint: bool = False) -> None:
         self.name, self.description, self.replay, self.joint = name, description, replay, joint
         self.buffer: tuple[torch.Tensor, list[str]] = (torch.zeros(0), [])

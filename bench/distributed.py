@@ -1,0 +1,70 @@
+"""The few facts about multi-process runs that the run flow needs, without importing Lightning.
+
+A run with ``devices=n > 1`` is started once (``python -m bench run DEVICES=n``); Lightning's DDP launcher starts
+the other ``n - 1`` processes by running the same command with ``LOCAL_RANK`` set, at the first Trainer call. Every
+process runs the whole flow; only rank 0 writes files, logs and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """Global rank: from the process group once it exists, else from the launcher's environment (0 alone)."""
+    if _initialized():
+        import torch.distributed as dist
+
+        return dist.get_rank()
+    for key in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def world_size() -> int:
+    if _initialized():
+        import torch.distributed as dist
+
+        return dist.get_world_size()
+    return 1
+
+
+def is_rank_zero() -> bool:
+    return rank() == 0
+
+
+def gather_in_shard_order(items: list[Any]) -> list[Any]:
+    """Every rank's ``items`` on every rank, in the order of one process reading the whole dataset.
+
+    Rank ``r`` of ``W`` holds, in order, the samples ``r, r + W, r + 2W, ...`` (:class:`bench.sampling.ShardSampler`),
+    so its k-th item is sample ``r + kW``; interleaving the ranks' lists restores ``0, 1, 2, ...``. With one process
+    the list comes back unchanged.
+    """
+    if world_size() == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    parts: list[list[Any]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(parts, items)
+    return interleave(parts)
+
+
+def interleave(parts: list[list[Any]]) -> list[Any]:
+    """``parts[r][k]`` is sample ``r + k·len(parts)``; returns the samples in order."""
+    longest = max((len(p) for p in parts), default=0)
+    return [p[k] for k in range(longest) for p in parts if k < len(p)]
+
+
+def barrier() -> None:
+    if _initialized():
+        import torch.distributed as dist
+
+        dist.barrier()

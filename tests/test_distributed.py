@@ -1,0 +1,79 @@
+"""A 2-process DDP run on CPU (gloo) against a 1-process run of the same config (issue 9, acceptance 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.distributed import interleave
+from bench.errors import ConfigError
+from bench.sampling import ShardSampler
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["SEQ=synth", "METHOD=knn", "adapt_limit=11", "eval_limit=7", "batch_size=3", "progress=false",
+        "wandb=false"]
+# What may differ between the two records: where and how the run ran, and how long it took.
+RUN_FIELDS = ("timings", "config", "versions", "git_commit")
+
+
+def test_interleave_restores_the_order_of_one_process() -> None:
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            parts = [list(ShardSampler(n, world, r)) for r in range(world)]
+            assert interleave(parts) == list(range(n))
+
+
+def _run_subprocess(out: Path, *extra: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", *ARGS, f"output_dir={out}", *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = out.glob("synth/knn/*/record.json")
+    return json.loads(record.read_text())
+
+
+def _memory(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.read_index(str(path / "index.faiss"))
+    return index.reconstruct_n(0, index.ntotal), np.load(path / "labels.npy")
+
+
+def test_two_process_ddp_run_writes_the_record_of_one_process(tmp_path: Path) -> None:
+    from bench.run import build_config, run
+
+    cfg, spec = build_config([*ARGS, f"output_dir={tmp_path / 'one'}"])
+    one = run(cfg, spec)
+    two = _run_subprocess(tmp_path / "two", "DEVICES=2")
+
+    assert two["config"]["devices"] == 2 and one["config"]["devices"] == 1
+    assert two["complete"] and two["steps_done"] == len(spec.tasks)
+    for key in one:
+        if key not in RUN_FIELDS:
+            assert two[key] == one[key], key
+    assert [s["memory_added"] for s in two["timings"]["steps"]] == [s["memory_added"] for s in
+                                                                    one["timings"]["steps"]]
+    # Every rank added every rank's segments in the one-process order: same labels, same vectors up to the
+    # rounding of a different batch composition in the embedder.
+    (one_dir,) = (tmp_path / "one").glob("synth/knn/*")
+    (two_dir,) = (tmp_path / "two").glob("synth/knn/*")
+    for step in range(1, len(spec.tasks) + 1):
+        x1, y1 = _memory(one_dir / "memory" / f"step-{step}")
+        x2, y2 = _memory(two_dir / "memory" / f"step-{step}")
+        assert np.array_equal(y1, y2)
+        np.testing.assert_allclose(x2, x1, rtol=0, atol=1e-6)
+
+
+def test_fine_tuning_refuses_more_than_one_process(tmp_path: Path) -> None:
+    from bench.run import build_config, run
+
+    cfg, spec = build_config(["SEQ=synth", "METHOD=finetune", "DEVICES=2", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="one process only.*knn"):
+        run(cfg, spec)
