@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 OVERRIDES := $(MAKEOVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench compare report reference regress test test-all lint clean
+.PHONY: help install bench compare report reference regress perf test test-all lint clean
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,14 +25,14 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the suite (fast when nothing changed)
 
-bench: $(STAMP)  ## run a sequence: make bench [SEQ=synth] [METHOD=knn] [MODEL=tiny-random] [key=value ...]
+bench: $(STAMP)  ## run a sequence: make bench [SEQ=synth-shift] [METHOD=knn] [MODEL=...] [key=value ...]
 	$(PY) -m bench run $(OVERRIDES)
 
-compare: $(STAMP)  ## every method on one sequence, finished runs reused: make compare [SEQ=synth] [key=value ...]
+compare: $(STAMP)  ## every method on one sequence, finished runs reused: make compare [SEQ=synth-shift] [key=value ...]
 	$(PY) -m bench compare $(OVERRIDES)
 
 report: $(STAMP)  ## tables and plots from every record under results/runs into results/report and results/README.md
-	$(PY) -m bench report results/runs --out results/report --dashboard results/README.md
+	$(PY) -m bench report results/runs --out results/report --dashboard results/README.md --perf results/perf/latest.json
 
 reference: $(STAMP)  ## re-run the embedded sequence (knn, zeroshot) and overwrite the committed regression references
 	for m in knn zeroshot; do rm -rf results/runs/synth/$$m/reference; \
@@ -45,6 +45,9 @@ regress: $(STAMP)  ## run the embedded sequence (knn, zeroshot) and compare with
 	  $(PY) -m bench run SEQ=synth METHOD=$$m RUN_ID=ci progress=false $(OVERRIDES) && \
 	  $(PY) -m bench regress --reference results/reference/synth-$$m.json results/runs/synth/$$m/ci || exit 1; \
 	done
+
+perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~15-30 min; QUICK=1: ~4 min)
+	$(PY) benchmarks/perf.py $(if $(QUICK),--quick)
 
 test: $(STAMP)  ## run the tests (without those marked slow)
 	$(PY) -m pytest -m "not slow" -q

@@ -29,7 +29,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
-    written = build_report(args.run_dirs or ["results/runs"], args.out)
+    written = build_report(args.run_dirs or ["results/runs"], args.out, perf=args.perf)
     print(f"report of {len(written['records'])} runs: {written['summary_md']}")
     if args.dashboard:
         write_dashboard(Path(written["summary_md"]), Path(args.dashboard))
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="*", help="run folders or folders holding them (default: results/runs)")
     p.add_argument("--out", default="results/report", help="where the report goes (default: results/report)")
     p.add_argument("--dashboard", help="also write the report as this markdown page (e.g. results/README.md)")
+    p.add_argument("--perf", help="add the memory-at-scale section from this JSON of benchmarks/perf.py "
+                                  "(e.g. results/perf/latest.json)")
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("regress", help="compare a run with a committed reference; exit 1 on a drop")
     p.add_argument("--reference", required=True, help="results/reference/<seq>-<method>.json")

@@ -5,7 +5,7 @@ share entries. Embeddings are expected L2-normalised, so inner product is cosine
 
 Index kinds (:class:`IndexSpec`), all inner product, all behind the same :class:`Memory` interface:
 
-- ``flat``: exact search over fp32 vectors (the default; ``4·dim`` bytes per entry).
+- ``flat``: exact search over fp32 vectors (``4·dim`` bytes per entry; also the buffer of the trained kinds).
 - ``flat-fp16``: exact scan over fp16 vectors (``2·dim`` bytes); scores differ from fp32 by about 1e-3.
 - ``ivf-flat``: ``nlist`` k-means lists of fp32 vectors; a query scans the ``nprobe`` nearest lists.
 - ``ivf-pq``: the same lists holding product-quantised residuals, ``pq_m`` bytes per entry.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 from bench.io import atomic_write_bytes, atomic_write_text
 from bench.results import load_record
+from datamodules.contract import DataError
 
 SUMMARY_KEYS = ("final_average", "average_incremental", "mean_forgetting", "bwt")
 SUMMARY_TITLES = {"final_average": "final avg", "average_incremental": "avg incremental",
@@ -246,6 +248,30 @@ def memory_scatter(runs: Sequence[Run], metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+# ---------------------------------------------------------------- sequence notes
+
+
+def sequence_notes(run: Run) -> tuple[str, dict[str, str]]:
+    """The description and the per-task ``about`` notes of the run's sequence YAML (what each task tests), when
+    that file can still be found and names the same sequence; empty otherwise. Notes are prose only: every
+    number of the report still comes from the records."""
+    import yaml
+
+    from datamodules.sequence import TASKS_DIR
+
+    seq = str((run.record.get("config") or {}).get("sequence") or run.sequence)
+    path = Path(seq) if seq.endswith((".yaml", ".yml")) else TASKS_DIR / f"{seq}.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "", {}
+    if not isinstance(doc, dict) or str(doc.get("name", path.stem)) != run.sequence:
+        return "", {}
+    about = {str(t["name"]): " ".join(str(t["about"]).split()) for t in doc.get("tasks") or []
+             if isinstance(t, dict) and t.get("name") and t.get("about")}
+    return " ".join(str(doc.get("description") or "").split()), about
+
+
 # ---------------------------------------------------------------- tables
 
 
@@ -311,8 +337,40 @@ def _matrix_md(run: Run, metric: str) -> list[str]:
     return _md_table(["after step", *tasks], body)
 
 
+def final_row(run: Run, metric: str) -> list[float | None]:
+    """The last row of R the run has finished (its final scores per task); ``None`` where a task has none."""
+    matrix = run.record["matrix"].get(metric) or []
+    done = int(run.record.get("steps_done") or 0)
+    row = matrix[done - 1] if 0 < done <= len(matrix) else [None] * len(run.record["tasks"])
+    return [_number(v) for v in row]
+
+
+def _final_rows_md(seq_runs: Sequence[Run], metric: str) -> list[str]:
+    """Per run, the final score on each task, and its difference to the zero-shot run of the same model."""
+    runs = [r for r in seq_runs if metric in r.metrics()]
+    zeroshot = {}
+    for run in runs:
+        if run.method == "zeroshot" and run.record.get("complete"):
+            zeroshot.setdefault(run.model, run)
+    body = []
+    for run in runs:
+        ref = zeroshot.get(run.model) if run.method != "zeroshot" else None
+        base = final_row(ref, metric) if ref else [None] * len(run.record["tasks"])
+        cells = []
+        for value, b in zip(final_row(run, metric), base):
+            text = "–" if value is None else _fmt(value)
+            if value is not None and b is not None and not (math.isnan(value) or math.isnan(b)):
+                text += f" ({_fmt(value - b) if value - b < 0 else '+' + _fmt(value - b)})"
+            cells.append(text)
+        body.append([run.method, run.run_id, *cells])
+    refs = ", ".join(f"`{r.run_id}`" for r in zeroshot.values())
+    note = f"; in brackets the difference to zero-shot (run {refs} of the same model)" if refs else ""
+    return [f"Final {metric_title(metric)} per task (last row of R{note}):", "",
+            *_md_table(["method", "run", *seq_runs[0].record["tasks"]], body)]
+
+
 def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], files: Mapping[str, Any],
-              out_dir: Path) -> str:
+              out_dir: Path, perf: tuple[Path, Mapping[str, Any]] | None = None) -> str:
     def rel(p: Path | str) -> str:
         return Path(os.path.relpath(Path(p).resolve(), out_dir.resolve())).as_posix()
 
@@ -322,7 +380,14 @@ def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], file
              "forgotten.", ""]
     for seq, metrics in metrics_by_seq.items():
         seq_runs = [r for r in runs if r.sequence == seq]
-        lines += [f"## {seq}", "", "tasks: " + " → ".join(seq_runs[0].record["tasks"]), ""]
+        lines += [f"## {seq}", ""]
+        description, about = sequence_notes(seq_runs[0])
+        if description:
+            lines += [description, ""]
+        lines += ["tasks: " + " → ".join(seq_runs[0].record["tasks"]), ""]
+        if about:
+            tasks = seq_runs[0].record["tasks"]
+            lines += [*_md_table(["task", "what it tests"], [[t, about.get(t, "")] for t in tasks]), ""]
         for metric in metrics:
             header = ["method", "model", "run", "steps", *(SUMMARY_TITLES[k] for k in SUMMARY_KEYS),
                       "memory", "adapt (s)", "R"]
@@ -336,7 +401,8 @@ def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], file
                              *(_fmt(_number(s.get(k))) for k in SUMMARY_KEYS),
                              _fmt(run.memory_size()), _fmt(run.total_time("adapt_s")),
                              f"[heatmap]({rel(png)})" if png else ""])
-            lines += [f"### {metric_title(metric)}", "", *_md_table(header, body), ""]
+            lines += [f"### {metric_title(metric)}", "", *_md_table(header, body), "",
+                      *_final_rows_md(seq_runs, metric), ""]
             curve = files["curves"].get((seq, metric))
             if curve:
                 lines += [f"![{seq}: {metric_title(metric)} after each step]({rel(curve)})", ""]
@@ -351,17 +417,95 @@ def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], file
                     lines += [f"![{run.slug} {metric}]({rel(png)})", ""]
     if files["scatter"]:
         lines += ["## Memory size vs final mIoU", "", f"![memory size vs final mIoU]({rel(files['scatter'])})", ""]
+    if perf is not None:
+        plot = files.get("perf_plot")
+        lines += perf_markdown(perf[1], rel(perf[0]), rel(plot) if plot else None)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- memory at scale (benchmarks/perf.py)
+
+# Headline keys of results/perf/latest.json with the bound issue 9 sets on each (None: no bound).
+PERF_HEADLINE = [
+    ("retrieval_fraction_1m", "retrieval + fusion / whole predict time per image, 1M entries", "<=", 0.05),
+    ("recall_at_16_1m", "recall@16 of the default index vs exact search, 1M entries", ">=", 0.95),
+    ("bytes_per_entry", "bytes per entry, default compressed kind", "<=", 128),
+    ("miou_loss_compressed", "final mIoU, flat fp32 minus compressed (points)", "<=", 0.5),
+    ("adapt_overhead_fraction", "adapt: data + pooling + memory add / backbone forward", "<=", 0.10),
+    ("pq_speedup_vs_torchmetrics", "PQ metric speed-up over torchmetrics", None, None),
+]
+PERF_SETTING = {"nprobe": 8, "ef_search": 64}  # swept kinds are drawn at the default index's setting
+
+
+def _perf_point(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    for point in row["sweep"]:
+        if all(point.get(k, v) == v for k, v in PERF_SETTING.items()):
+            return point
+    return row["sweep"][-1]
+
+
+def latency_recall_plot(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Search latency and recall@16 against memory size, one panel column per dimension, one line per kind."""
+    plt = _pyplot()
+    rows = [r for r in result["memory"]["rows"] if "kind" in r]
+    dims = sorted({r["dim"] for r in rows})
+    colour = {kind: f"C{i}" for i, kind in enumerate(dict.fromkeys(r["kind"] for r in rows))}
+    fig, axes = plt.subplots(2, len(dims), figsize=(5.5 * len(dims), 7), squeeze=False)
+    for col, dim in enumerate(dims):
+        for kind in dict.fromkeys(r["kind"] for r in rows if r["dim"] == dim):
+            series = sorted((r["n"], _perf_point(r)) for r in rows if r["dim"] == dim and r["kind"] == kind)
+            sizes = [n for n, _ in series]
+            axes[0][col].plot(sizes, [p["ms_per_image"] for _, p in series], "o-", color=colour[kind], label=kind)
+            axes[1][col].plot(sizes, [p["recall_at_16"] for _, p in series], "o-", color=colour[kind], label=kind)
+        axes[0][col].set(title=f"d = {dim}", xscale="log", yscale="log", ylabel="ms per image (64 queries)")
+        axes[1][col].set(xscale="log", ylim=(0, 1.02), xlabel="memory entries", ylabel="recall@16 vs exact")
+        for ax in axes[:, col]:
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Restricted k=16 search per image, " + ", ".join(f"{k} {v}" for k, v in PERF_SETTING.items()))
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def perf_markdown(result: Mapping[str, Any], source: str, plot: str | None) -> list[str]:
+    """The headline figures against their bounds, and latency/recall of every kind at each size."""
+    lines = ["## Memory at scale", "",
+             f"From `{source}` (`make perf`, {'quick' if result.get('quick') else 'full'} run); "
+             f"default index {result.get('default_index')}, compressed {result.get('compressed_index')}.", ""]
+    body = []
+    for key, title, op, bound in PERF_HEADLINE:
+        value = result.get(key)
+        if op is None or value is None:
+            verdict = "–" if value is None else ""
+        else:
+            verdict = "met" if (value <= bound if op == "<=" else value >= bound) else "NOT met"
+        digits = 4 if value is not None and abs(value) < 1 else 1
+        body.append([f"`{key}`", title, _fmt(value, digits), "" if op is None else f"{op} {bound}", verdict])
+    lines += [*_md_table(["key", "what", "value", "bound", ""], body), ""]
+    table = []
+    for row in result["memory"]["rows"]:
+        if "kind" not in row:
+            continue
+        point = _perf_point(row)
+        table.append([str(row["dim"]), f"{row['n']:,}", row["kind"], _fmt(point["ms_per_image"], 2),
+                      _fmt(point["recall_at_16"], 4), _fmt(row["bytes_per_entry"], 1), _fmt(row["build_s"], 1)])
+    lines += [*_md_table(["d", "entries", "kind", "ms / image", "recall@16", "bytes / entry", "build (s)"],
+                         table), ""]
+    if plot:
+        lines += [f"![latency and recall against memory size]({plot})", ""]
+    return lines
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, perf: str | Path | None = None
+                 ) -> dict[str, Any]:
     """Read every ``record.json`` under ``run_dirs`` and write into ``out_dir``: ``summary.md``,
     ``summary.csv``, ``<seq>-<method>-<run-id>-<metric>.png`` (heatmap of R per run and metric),
     ``<seq>-<metric>-steps.png`` (curves per sequence) and ``memory-vs-miou.png`` (when more than one run
-    has a memory). Returns what was written: paths and the summary rows."""
+    has a memory). With ``perf`` (a JSON of benchmarks/perf.py), a memory-at-scale section and
+    ``perf-latency-recall.png``. Returns what was written: paths and the summary rows."""
     out_dir = Path(out_dir)
     runs = load_runs(run_dirs)
     if not runs:
@@ -387,10 +531,18 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     scatter = memory_scatter(with_memory, "miou", out_dir / "memory-vs-miou.png") if len(with_memory) > 1 else None
 
     files: dict[str, Any] = {"heatmaps": heatmaps, "curves": curves, "scatter": scatter}
+    perf_result = None
+    if perf is not None:
+        perf = Path(perf)
+        try:
+            perf_result = (perf, json.loads(perf.read_text()))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{perf}: cannot read the perf results ({exc}); run `make perf` to write them") from None
+        files["perf_plot"] = latency_recall_plot(perf_result[1], out_dir / "perf-latency-recall.png")
     rows = summary_rows(runs, all_metrics)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     atomic_write_text(csv_path, _csv_text(rows))
-    atomic_write_text(md_path, _markdown(runs, metrics_by_seq, files, out_dir) + "\n")
+    atomic_write_text(md_path, _markdown(runs, metrics_by_seq, files, out_dir, perf_result) + "\n")
     return {
         "out_dir": str(out_dir), "records": [str(r.path) for r in runs], "metrics": all_metrics,
         "summary_md": str(md_path), "summary_csv": str(csv_path),

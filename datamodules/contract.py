@@ -37,8 +37,9 @@ def validate_sample(sample: dict[str, Any], num_classes: int) -> dict[str, Any]:
     h, w = image.shape[1:]
     if semantic.shape != (h, w):
         raise DataError(f"{src}: field 'semantic' has size {tuple(semantic.shape)} but the image is {(h, w)}")
-    bad = (semantic != IGNORE_INDEX) & ((semantic < 0) | (semantic >= num_classes))
-    if bool(bad.any()):
+    low, high = torch.aminmax(semantic) if semantic.numel() else (torch.tensor(0), torch.tensor(0))
+    if int(low) < min(IGNORE_INDEX, 0) or int(high) >= num_classes:  # one pass; the search below only on error
+        bad = (semantic != IGNORE_INDEX) & ((semantic < 0) | (semantic >= num_classes))
         value = int(semantic[bad][0])
         raise DataError(f"{src}: field 'semantic' has class id {value}, outside the vocabulary of "
                         f"{num_classes} classes (expected 0..{num_classes - 1} or {IGNORE_INDEX} for ignore)")

@@ -44,6 +44,8 @@ def index_entries(path: Path, index: Callable[[], list[T]], what: str, limit: in
     naming the file and saying what was expected."""
     try:
         records = index()
+    except DataError:  # already names the file and the field (DataError is a ValueError too)
+        raise
     except errors as e:
         raise DataError(f"{path}: malformed entry (missing or wrong field {e}); expected {what}") from e
     return records[:limit] if limit else records

@@ -146,11 +146,14 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int) ->
 
 def class_segments(semantic: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """One segment per class present: (``H×W`` int64 segment map, 1-based; class of each segment)."""
-    classes = [c for c in np.unique(semantic).tolist() if c != IGNORE_INDEX]
-    seg_of = np.zeros(max(classes, default=0) + 1, dtype=np.int64)
-    for k, c in enumerate(classes, 1):
-        seg_of[c] = k
-    return np.where(semantic == IGNORE_INDEX, 0, seg_of[np.maximum(semantic, 0)]), classes
+    # One counting pass instead of a sort or hash (np.unique): ids are small and IGNORE_INDEX is -1, so
+    # shifting by one puts ignore at 0 and every class c at c + 1.
+    assert IGNORE_INDEX == -1
+    shifted = semantic.ravel() + 1
+    present = np.flatnonzero(np.bincount(shifted)[1:])
+    seg_of = np.zeros(int(present[-1]) + 2 if len(present) else 1, dtype=np.int64)  # ignore → segment 0
+    seg_of[present + 1] = np.arange(1, len(present) + 1)
+    return seg_of[shifted].reshape(semantic.shape), present.tolist()
 
 
 def panoptic_sample(rgb: np.ndarray, semantic: np.ndarray, segments: np.ndarray, classes: list[int],

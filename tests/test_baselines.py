@@ -11,7 +11,7 @@ import torch
 from bench.compare import compare
 from bench.run import build_config, run
 
-SMALL = ("adapt_limit=24", "eval_limit=8", "progress=false")
+SMALL = ("SEQ=synth", "adapt_limit=24", "eval_limit=8", "progress=false")  # the fast sequence (tiny-random)
 
 
 def _run(out: Path, *args: str) -> dict[str, Any]:

@@ -207,9 +207,12 @@ def test_gpu_without_gpu_faiss_is_a_clear_error():
 
 
 def test_knn_config_maps_to_index_spec():
-    spec = IndexSpec.from_config(KnnConfig(index="ivf-pq", pq_m=32, nprobe=8, k=4))
-    assert spec == IndexSpec("ivf-pq", pq_m=32, nprobe=8)
-    assert IndexSpec.from_config(KnnConfig()) == IndexSpec()  # the config's defaults are the memory's defaults
+    spec = IndexSpec.from_config(KnnConfig(index="ivf-pq", pq_m=32, nprobe=4, nlist=64, train_size=2048, k=4))
+    assert spec == IndexSpec("ivf-pq", pq_m=32, nprobe=4, nlist=64, train_size=2048)
+    # A run's default: exact until 65,536 entries, then 4096 IVF lists with 8 probed (the memory's own default,
+    # for direct use, is the plain exact index).
+    assert IndexSpec.from_config(KnnConfig()) == IndexSpec("ivf-flat", nlist=4096, train_size=65536, nprobe=8)
+    assert IndexSpec() == IndexSpec("flat")
 
 
 def test_many_lists_are_found_through_a_graph(data):

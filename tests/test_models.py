@@ -25,6 +25,18 @@ def test_dense_features_shapes_and_identity(base):
     assert clip.dense_features(x).shape == (2, clip.dim, 16, 16)
 
 
+@pytest.mark.parametrize("name", ["tiny-random", "tiny-clip-synth"])
+def test_one_pass_gives_base_and_clip_embedder_features(name):
+    model = build_base(name)
+    clip = build_embedder("clip", model)
+    images = torch.stack([model.preprocess(torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)) for _ in range(3)])
+    with torch.no_grad():
+        dense, tokens = model.dense_and_token_features(images)
+        torch.testing.assert_close(dense, model.dense_features(images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(tokens, clip.dense_features(images), rtol=0, atol=1e-6)
+    assert not torch.allclose(dense[:, :8], tokens[:, :8])  # two different features, not one copied
+
+
 def test_random_init_weights_depend_only_on_the_seed(base):
     torch.manual_seed(123)  # the caller's RNG state must not matter
     again = build_base("tiny-random")

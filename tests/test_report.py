@@ -182,6 +182,40 @@ def test_no_records_is_an_error(tmp_path):
         build_report([tmp_path], tmp_path / "out")
 
 
+def _table_after(md: str, prefix: str) -> list[list[str]]:
+    """Body rows of the first table after the first line starting with ``prefix``."""
+    line = next(x for x in md.splitlines() if x.startswith(prefix))
+    return _md_rows(md, line)
+
+
+def test_final_scores_per_task_with_the_gain_over_zeroshot(report):
+    _, out = report
+    md = (out / "summary.md").read_text()
+    rows = {r[0]: r for r in _table_after(md, "Final mIoU per task")}
+    assert rows["knn"] == ["knn", "run-a", "68.1 (+66.1)", "68.8 (+68.2)", "73.7 (+68.6)"]
+    assert rows["zeroshot"] == ["zeroshot", "run-b", "2.0", "0.6", "5.1"]  # the reference itself: no brackets
+    pq = _table_after(md, "Final PQ per task")  # no zero-shot PQ: plain scores, a missing one shown as 'nan'
+    assert pq == [["knn", "run-a", "38.5", "nan", "50.2"]]
+    # The sequence's description comes from its YAML (tasks/synth.yaml), the numbers only from the records.
+    assert "three synthetic domains (park, beach, city), 7 classes each, things and stuff" in md
+
+
+def test_what_each_task_tests_comes_from_the_sequence_yaml(tmp_path):
+    seq = tmp_path / "mine.yaml"
+    seq.write_text("name: synth\ndescription: my own\ntasks:\n"
+                   "  - {name: park, about: \"seen classes\"}\n  - {name: city, about: \"a domain\\n  shift\"}\n")
+    runs = tmp_path / "runs"
+    _write(runs, {**KNN, "config": {"sequence": str(seq)}}, "run-a")
+    md = Path(build_report([runs], tmp_path / "out")["summary_md"]).read_text()
+    assert "my own" in md
+    assert _md_rows(md, "tasks: park → beach → city") == [["park", "seen classes"], ["beach", ""],
+                                                           ["city", "a domain shift"]]
+    # A YAML that names another sequence, or none found: no notes, and no error.
+    seq.write_text("name: other\ndescription: not this one\ntasks: []\n")
+    md = Path(build_report([runs], tmp_path / "out2")["summary_md"]).read_text()
+    assert "not this one" not in md and "what it tests" not in md
+
+
 @pytest.mark.slow
 def test_report_on_two_real_runs(tmp_path):
     """Short knn and zeroshot runs on the embedded sequence, then a report on their folders (15-30 s)."""
@@ -189,7 +223,7 @@ def test_report_on_two_real_runs(tmp_path):
 
     records = {}
     for method in ("knn", "zeroshot"):
-        cfg, spec = build_config([f"output_dir={tmp_path / 'runs'}", "progress=false", "adapt_limit=8",
+        cfg, spec = build_config(["SEQ=synth", f"output_dir={tmp_path / 'runs'}", "progress=false", "adapt_limit=8",
                                   "eval_limit=4", f"METHOD={method}"])
         records[method] = run(cfg, spec)
     written = build_report([tmp_path / "runs"], tmp_path / "report")
@@ -212,3 +246,50 @@ def test_csv_columns_are_the_union_of_the_runs_state():
     lines = text.strip().splitlines()
     assert lines[0] == "method,state_memory_entries,state_trainable_params"
     assert lines[1:] == ["zeroshot,,", "knn,10,", "finetune,,5"]
+
+
+def _perf_result(recall_1m: float) -> dict[str, Any]:
+    """A JSON shaped as benchmarks/perf.py writes it, small: two kinds at two sizes, one skipped row."""
+    rows = []
+    for n, flat_ms, ivf_ms, ivf_recall in ((10_000, 2.0, 1.0, 0.9), (1_000_000, 200.0, 5.0, recall_1m)):
+        rows.append({"dim": 384, "n": n, "kind": "flat", "build_s": 0.1, "bytes_per_entry": 1544.0,
+                     "sweep": [{"ms_per_image": flat_ms, "recall_at_16": 1.0}]})
+        rows.append({"dim": 384, "n": n, "kind": "ivf-flat", "build_s": 3.0, "bytes_per_entry": 1560.0,
+                     "sweep": [{"nprobe": 4, "ms_per_image": ivf_ms / 2, "recall_at_16": 0.5},
+                               {"nprobe": 8, "ms_per_image": ivf_ms, "recall_at_16": ivf_recall}]})
+    rows.append({"dim": 384, "n": 1_000_000, "skipped": "hnsw: too slow to build here"})
+    return {"retrieval_fraction_1m": 0.0116, "recall_at_16_1m": recall_1m, "bytes_per_entry": 87.83,
+            "miou_loss_compressed": -0.12, "adapt_overhead_fraction": 0.2, "pq_speedup_vs_torchmetrics": 290.0,
+            "quick": False, "default_index": {"index": "ivf-flat"}, "compressed_index": {"index": "ivf-pq"},
+            "memory": {"rows": rows}}
+
+
+def test_perf_section_reads_the_benchmark_json_and_checks_each_bound(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs, KNN, "run-a")
+    perf = tmp_path / "latest.json"
+    atomic_write_json(perf, _perf_result(recall_1m=0.9956))
+    written = build_report([runs], tmp_path / "report", perf=perf)
+    md = Path(written["summary_md"]).read_text()
+    headline = {row[0].strip("`"): row for row in _md_rows(md, "## Memory at scale")}
+    assert headline["recall_at_16_1m"][2:] == ["0.9956", ">= 0.95", "met"]
+    assert headline["adapt_overhead_fraction"][2:] == ["0.2000", "<= 0.1", "NOT met"]
+    assert headline["bytes_per_entry"][2] == "87.8" and headline["pq_speedup_vs_torchmetrics"][3] == ""
+    # Latency/recall rows are the default index's setting (nprobe 8), one per built kind and size.
+    section = md[md.index("## Memory at scale"):]
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+             if line.startswith("| 384 |")]
+    assert ["384", "1,000,000", "ivf-flat", "5.00", "0.9956", "1560.0", "3.0"] in table
+    assert len([r for r in table if r[2] in ("flat", "ivf-flat")]) == 4
+    png = tmp_path / "report" / "perf-latency-recall.png"
+    assert f"]({png.name})" in md
+    assert _pixels(png).shape[0] > 100
+
+
+def test_perf_json_that_cannot_be_read_names_the_file(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs, KNN, "run-a")
+    bad = tmp_path / "latest.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="latest.json"):
+        build_report([runs], tmp_path / "report", perf=bad)

@@ -16,7 +16,8 @@ REQUIRED_KEYS = ("sequence", "method", "model", "tasks", "matrix", "summary", "p
 
 
 def _run(out: Path, *args: str) -> dict[str, Any]:
-    cfg, spec = build_config([f"output_dir={out}", "progress=false", *args])
+    """A run of the fast sequence (``synth``, tiny-random) unless ``args`` name another."""
+    cfg, spec = build_config(["SEQ=synth", f"output_dir={out}", "progress=false", *args])
     return run(cfg, spec)
 
 

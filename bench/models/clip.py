@@ -179,16 +179,19 @@ class OpenClipBase(torch.nn.Module):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         return resize_normalize(image, self.image_size, self.mean, self.std)
 
-    def tokens(self, images: torch.Tensor, last_block: str) -> tuple[torch.Tensor, int]:
-        """Patch tokens ``B×N×W`` after all blocks but the last, then the last one as ``full`` or ``value``."""
+    def _trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokens after every block but the last, in the transformer's own layout (batch first or not)."""
         visual = self.model.visual
         x = visual._embeds(images)
-        blocks = visual.transformer.resblocks
-        batch_first = getattr(visual.transformer, "batch_first", True)
-        x = x if batch_first else x.transpose(0, 1)
-        for block in blocks[:-1]:
+        x = x if getattr(visual.transformer, "batch_first", True) else x.transpose(0, 1)
+        for block in visual.transformer.resblocks[:-1]:
             x = block(x)
-        last = blocks[-1]
+        return x
+
+    def _last(self, x: torch.Tensor, grid: int, last_block: str) -> torch.Tensor:
+        """The last block on trunk tokens, as ``full`` or ``value``; patch tokens ``B×N×W`` after ln_post."""
+        visual = self.model.visual
+        last = visual.transformer.resblocks[-1]
         if last_block == "full":
             x = last(x)
         else:  # MaskCLIP: value embedding and output projection only, so each patch keeps its own content
@@ -196,15 +199,30 @@ class OpenClipBase(torch.nn.Module):
             width = y.shape[-1]
             w, b = last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:]
             x = last.attn.out_proj(F.linear(y, w, b))
-        x = x if batch_first else x.transpose(0, 1)
-        num_prefix = x.shape[1] - (images.shape[-1] // visual.patch_size[0]) ** 2
-        return visual.ln_post(x[:, num_prefix:]), images.shape[-1] // visual.patch_size[0]
+        x = x if getattr(visual.transformer, "batch_first", True) else x.transpose(0, 1)
+        return visual.ln_post(x[:, x.shape[1] - grid * grid:])
+
+    def tokens(self, images: torch.Tensor, last_block: str) -> tuple[torch.Tensor, int]:
+        """Patch tokens ``B×N×W`` after all blocks but the last, then the last one as ``full`` or ``value``."""
+        grid = images.shape[-1] // self.model.visual.patch_size[0]
+        return self._last(self._trunk(images), grid, last_block), grid
+
+    def _dense(self, tokens: torch.Tensor, grid: int) -> torch.Tensor:
+        if self.model.visual.proj is not None:
+            tokens = tokens @ self.model.visual.proj
+        return _grid(tokens, grid)
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.tokens(images, last_block="value")
-        if self.model.visual.proj is not None:
-            tokens = tokens @ self.model.visual.proj
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+        return self._dense(tokens, grid)
+
+    def dense_and_token_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`dense_features` and :class:`ClipVisualEmbedder`'s features from one pass through the shared
+        blocks (all but the last): the same numbers as the two calls, for about half the cost."""
+        grid = images.shape[-1] // self.model.visual.patch_size[0]
+        trunk = self._trunk(images)
+        full = self._last(trunk, grid, "full")
+        return self._dense(self._last(trunk, grid, "value"), grid), _grid(full, grid)
 
     # -- text ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -242,7 +260,12 @@ class ClipVisualEmbedder(torch.nn.Module):
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.base.tokens(images, last_block="full")
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+        return _grid(tokens, grid)
+
+
+def _grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """``B×N×W`` patch tokens → ``B×W×grid×grid``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
 
 
 def resize_normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
