@@ -20,9 +20,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare
+    from bench.compare import COMPARE_ORDER, compare
+    from bench.methods import get_method
 
-    compare(args.overrides)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else COMPARE_ORDER
+    for method in methods:
+        get_method(method)  # an unknown name stops here, before anything runs
+    compare(args.overrides, methods=methods)
     return 0
 
 
@@ -106,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run every method on a sequence (reusing finished runs), one table",
                        description="Same overrides as run, applied to every method: SEQ=synth adapt_limit=20")
     p.add_argument("overrides", nargs="*", help="key=value, as for run (METHOD is ignored)")
+    p.add_argument("--methods", help="comma-separated methods, in table order (default: zeroshot,knn,finetune,"
+                                     "replay,joint)")
     p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("report", help="markdown/CSV tables and PNG plots from run records")
     p.add_argument("run_dirs", nargs="*", help="run folders or folders holding them (default: results/runs)")
