@@ -1,11 +1,11 @@
 """Memory at scale: index kinds, compression and the per-image pipeline, written to results/perf/latest.json.
 
 Run: ``make perf`` (memories of 10k, 100k and 1M entries at d = 384 and 768, the pipeline with a 1M-entry memory,
-the embedded sequence with six memory kinds; about 16 minutes on two CPU cores), or ``.venv/bin/python
-benchmarks/perf.py --quick`` (10k and 100k entries at d = 384 only, fewer images, two sequence runs; 3 to 4
-minutes; written to results/perf/quick.json so the full figures stay; its size-dependent keys end in _100k). The
-JSON is written atomically, with a plot of latency and recall against memory size next to it (same name,
-``-latency-recall.png``); the headline figures print.
+the embedded sequence with six memory kinds; 12 minutes on two quiet CPU cores, 27 on a loaded machine), or
+``.venv/bin/python benchmarks/perf.py --quick`` (10k and 100k entries at d = 384 only, fewer images, two
+sequence runs; 2 to 4 minutes; written to results/perf/quick.json so the full figures stay; its size-dependent
+keys end in _100k). The JSON is written atomically, with a plot of latency and recall against memory size next
+to it (same name, ``-latency-recall.png``); the headline figures print.
 
 Headline keys (null where a quick run does not measure them):
 
