@@ -162,3 +162,29 @@ def test_make_reference_refuses_an_incomplete_run(tmp_path):
     with pytest.raises(ValueError, match="incomplete"):
         make_reference(tmp_path, tmp_path / "ref.json")
     assert not (tmp_path / "ref.json").exists()
+
+
+def _regress_runs() -> list[tuple[str, str]]:
+    """``REGRESS_RUNS`` of the Makefile: (sequence, method) per run."""
+    import re
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    [value] = re.findall(r"^REGRESS_RUNS := (.+)$", makefile, flags=re.M)
+    return [tuple(item.split(":")) for item in value.split()]
+
+
+def test_every_regression_run_has_a_reference_of_the_same_config():
+    """What ``make regress`` runs is what the committed reference was made from (sequence defaults included, such
+    as a YAML's fusion setting): a changed default without ``make reference`` fails here, not in CI's regress."""
+    from bench.config import RUN_ONLY_KEYS, to_dict
+    from bench.run import build_config
+
+    runs = _regress_runs()
+    assert {("synth", "knn"), ("synth-shift", "knn"), ("synth-shift", "zeroshot")} <= set(runs)
+    root = Path(__file__).resolve().parents[1] / "results" / "reference"
+    for seq, method in runs:
+        reference = json.loads((root / f"{seq}-{method}.json").read_text())
+        cfg, _ = build_config([f"SEQ={seq}", f"METHOD={method}"])
+        expected = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
+        stored = {k: v for k, v in reference["config"].items() if k not in RUN_ONLY_KEYS}
+        assert stored == expected, (seq, method)
