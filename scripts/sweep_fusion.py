@@ -128,7 +128,8 @@ def markdown(table: dict[str, Any]) -> str:
             f"{what.capitalize()} minus best pure retrieval, final average: {d['mean']:+.2f} points "
             f"(paired bootstrap over images, {d['samples']} draws: 95 % interval [{d['low']:+.2f}, "
             f"{d['high']:+.2f}]; not better in {100 * d['p_not_better']:.1f} % of draws).", "",
-            "### Best setting for each λ", "", *head]
+            "### Best setting for each λ" + (" on this split (for reading, not for choosing)" if checking else ""),
+            "", *head]
     out += [line(f"λ = {lam}", i) for lam, i in table["best_per_lam"].items()]
     if not checking:
         out += ["", "### Best setting for each task alone (for reading, not for choosing)", "",

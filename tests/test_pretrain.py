@@ -108,6 +108,24 @@ def test_zeroshot_is_far_above_chance_on_a_seen_task(tmp_path):
     assert record["matrix"]["miou"][0][0] > 50
 
 
+def test_zeroshot_drops_under_a_domain_shift_and_the_memory_recovers_it(tmp_path):
+    """city-night is city under dim blue light: the base model that scores > 50 on city falls far, and a memory of
+    a few city-night images brings most of it back (a few images each way, a few seconds)."""
+    seq = _one_task_sequence(tmp_path, "city-night")
+    common = [f"SEQ={seq}", "eval_limit=8", f"output_dir={tmp_path / 'runs'}", "progress=false", "wandb=false"]
+    zeroshot = run(*build_config([*common, "METHOD=zeroshot"]))["matrix"]["miou"][0][0]
+    knn = run(*build_config([*common, "METHOD=knn", "adapt_limit=20"]))["matrix"]["miou"][0][0]
+    assert zeroshot < 30 and knn > zeroshot + 30, (zeroshot, knn)
+
+
+def test_the_default_run_is_synth_shift_on_tiny_clip_synth():
+    cfg, spec = build_config([])
+    assert (cfg.sequence, spec.name, cfg.model.name, cfg.model.pretrained) == ("synth-shift", "synth-shift", NAME, "")
+    # Its fusion comes from its YAML (chosen on the tune splits, see tasks/synth-shift.yaml), not the global one.
+    assert (cfg.knn.threshold, cfg.knn.lam, cfg.knn.temperature) == (0.0, 0.8, 0.2)
+    assert all(t.eval.split == "val" for t in spec.tasks)
+
+
 @pytest.mark.slow
 def test_rebuilding_the_weights_reproduces_the_committed_checksum(capsys):
     start = time.perf_counter()
