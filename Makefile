@@ -51,7 +51,7 @@ regress: $(STAMP)  ## run the regression runs (synth, synth-shift; knn, zeroshot
 	  $(PY) -m bench regress --reference results/reference/$$s-$$m.json results/runs/$$s/$$m/ci || exit 1; \
 	done
 
-perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~15-30 min; QUICK=1: ~4 min)
+perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~12-27 min; QUICK=1: ~2-4 min)
 	$(PY) benchmarks/perf.py $(if $(QUICK),--quick)
 
 test: $(STAMP)  ## run the tests (without those marked slow)
