@@ -110,6 +110,14 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     if previous is not None and previous.get("config_hash") != config_hash(cfg):
         raise ConfigError(f"{out} holds a run with another config (hash {previous.get('config_hash')}, this one "
                           f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
+    if previous is not None:
+        from bench.models.clip import weights_identity
+
+        had, now = (previous.get("model") or {}).get("identity"), weights_identity(
+            cfg.model.name, cfg.model.pretrained, cfg.model.seed)
+        if had != now:
+            raise ConfigError(f"{out} holds a run made with other weights ({had}; these are {now}); choose "
+                              "another RUN_ID or delete the folder")
     if previous is not None and previous["complete"]:
         say(f"already complete: {record_path}")
         say(_tables(previous))

@@ -140,3 +140,18 @@ def test_a_task_with_no_scored_class_leaves_an_empty_cell_not_a_crash():
     matrix = [[50.0, None], [48.0, None]]  # task 2's eval split holds none of its classes
     summary = _summarize(matrix, 1)
     assert summary["forgetting"][0] == 2.0 and summary["final_average"] is None
+
+
+def test_a_run_folder_made_with_other_weights_is_refused(tmp_path):
+    """Rebuilt in-repo weights are a different model under the same name and config: the finished run of the old
+    weights must not be handed back as if it were theirs."""
+    from bench.errors import ConfigError
+
+    _run(tmp_path, "max_steps=1", "adapt_limit=4", "eval_limit=2")
+    (record_path,) = tmp_path.glob("synth/knn/*/record.json")
+    record = json.loads(record_path.read_text())
+    record["model"]["identity"] = "open_clip:tiny-random/random-init(seed=7)"
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"other weights \(open_clip:tiny-random/random-init\(seed=7\); these are "
+                                          r"open_clip:tiny-random/random-init\(seed=0\)\)"):
+        _run(tmp_path, "max_steps=1", "adapt_limit=4", "eval_limit=2")

@@ -145,6 +145,16 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def weights_identity(name: str, pretrained: str = "", seed: int = 0) -> str:
+    """What names a base model's weights in records: the tag, the seed of random weights, the checksum of in-repo
+    ones (so rebuilt weights are a different model). Cheap: no model is built."""
+    tag = resolve_pretrained(name, pretrained)
+    weights = f"{tag}(seed={seed})" if tag == RANDOM_TAG else tag
+    if tag == IN_REPO_TAG:
+        weights = f"{IN_REPO_TAG}(sha256={suite_checksum(name)[:16]})"
+    return f"open_clip:{name}/{weights}"
+
+
 class OpenClipBase(torch.nn.Module):
     """MaskCLIP dense features: the last block's value path (no query-key attention) mapped into the joint space.
 
@@ -168,10 +178,7 @@ class OpenClipBase(torch.nn.Module):
         self.std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
         self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
         self.logit_scale = float(self.model.logit_scale.detach().exp())
-        weights = f"{self.tag}(seed={seed})" if self.tag == RANDOM_TAG else self.tag
-        if self.tag == IN_REPO_TAG:
-            weights = f"{IN_REPO_TAG}(sha256={suite_checksum(name)[:16]})"
-        self.identity = f"open_clip:{name}/{weights}"
+        self.identity = weights_identity(name, self.tag, seed)
         self._tokenizer = open_clip.get_tokenizer(name)
         self.requires_grad_(False)
 
