@@ -1,27 +1,38 @@
-"""Pretrain tiny-clip-synth and write its weights and checksum (about 15 minutes on 2 CPU cores).
+"""Pretrain tiny-clip-synth and write its weights and checksum (about 10 minutes on one CPU core).
 
     python scripts/pretrain_tiny_clip.py                 # rebuild bench/models/weights/tiny-clip-synth.safetensors
     python scripts/pretrain_tiny_clip.py --check         # rebuild into a temporary folder, compare checksums
     python scripts/pretrain_tiny_clip.py --out /tmp/w.safetensors steps=300   # an experiment: any config field
 
-The defaults of ``bench.pretrain.train.PretrainConfig`` are what the committed weights were built with; a rebuild
-with them on the same torch build and kind of CPU reproduces the committed checksum.
+The defaults of ``bench.pretrain.train.PretrainConfig`` are what the committed weights were built with. Float
+kernels round differently on different CPUs (AVX-512, AVX2, ...), which over 800 steps changes the weights, so the
+script pins the numerics before torch loads (PINNED below): Intel MKL in its conditional numerical reproducibility
+mode, ATen's baseline kernels, oneDNN capped at SSE4.1, one thread. With the same torch build that gives the same
+checksum whatever the x86-64 CPU (checked here with MKL allowed AVX-512 and with it held to AVX2).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
+import os
 import sys
-import tempfile
-import time
-from pathlib import Path
+
+PINNED = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+          "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+if "torch" in sys.modules:
+    raise SystemExit("scripts/pretrain_tiny_clip.py pins torch's numerics before loading it; run it as a script")
+os.environ.update(PINNED)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.io import atomic_write_json
-from bench.models import clip
-from bench.pretrain.train import PretrainConfig, save_weights, train
+from bench.io import atomic_write_json  # noqa: E402
+from bench.models import clip  # noqa: E402
+from bench.pretrain.train import PretrainConfig, save_weights, train  # noqa: E402
 
 
 def _config(pairs: list[str]) -> PretrainConfig:
@@ -33,6 +44,16 @@ def _config(pairs: list[str]) -> PretrainConfig:
             raise SystemExit(f"expected field=value with a field of PretrainConfig ({', '.join(types)}), got {pair!r}")
         values[key] = {"int": int, "float": float}.get(types[key], str)(value)
     return PretrainConfig(**values)
+
+
+def _build_environment() -> dict[str, object]:
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu, "pinned": PINNED}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         digest = save_weights(model, tokens, cfg, out)
         if not args.check:
             log_path = out.with_name(out.stem + ".log.json")
-            atomic_write_json(log_path, {"config": dataclasses.asdict(cfg), "sha256": digest, **log})
+            atomic_write_json(log_path, {"config": dataclasses.asdict(cfg), "sha256": digest,
+                                         "built_with": _build_environment(), **log})
     total = time.perf_counter() - start
     print(f"sha256 {digest}  ({total:.0f} s: scene pool {log['pool_s']:.0f} s, training {log['train_s']:.0f} s)")
     if args.check:

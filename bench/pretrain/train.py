@@ -15,8 +15,9 @@ COCO panoptic); the scene term is plain CLIP. Determinism: deterministic algorit
 values from the seed, and every data decision (scene order, flips, captions) from a numpy generator seeded by
 (seed, step). Training runs on one thread: on a shared 2-core machine two threads were four times slower (their
 kernels wait for each other while a neighbour holds a core), and one thread's reduction order does not depend
-on the machine's core count. The same torch build on the same kind of CPU gives the same bytes; another CPU
-family may round differently, and a checksum mismatch there says so, not that the script is broken.
+on the machine's core count. Vectorised kernels still round by the CPU's instruction set, so
+scripts/pretrain_tiny_clip.py pins them (MKL_CBWR=COMPATIBLE, ATEN_CPU_CAPABILITY=default, oneDNN at SSE4.1)
+before torch loads; then the same torch build gave the same bytes with MKL's AVX-512 and AVX2 paths.
 """
 
 from __future__ import annotations
