@@ -18,14 +18,16 @@ def _initialized() -> bool:
 
 
 def rank() -> int:
-    """Global rank: from the process group once it exists, else from the launcher's environment (0 alone)."""
+    """Global rank: from the process group once it exists, else from the launcher's environment (Lightning's and
+    torchrun's set WORLD_SIZE next to the rank; a lone process under some other scheduler's RANK stays rank 0)."""
     if _initialized():
         import torch.distributed as dist
 
         return dist.get_rank()
-    for key in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        for key in ("RANK", "LOCAL_RANK"):
+            if os.environ.get(key, "").isdigit():
+                return int(os.environ[key])
     return 0
 
 

@@ -77,3 +77,16 @@ def test_fine_tuning_refuses_more_than_one_process(tmp_path: Path) -> None:
     cfg, spec = build_config(["SEQ=synth", "METHOD=finetune", "DEVICES=2", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="one process only.*knn"):
         run(cfg, spec)
+
+
+def test_rank_from_the_environment_needs_a_world(monkeypatch) -> None:
+    from bench.distributed import is_rank_zero, rank
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert rank() == 0 and is_rank_zero()  # a lone process under a scheduler's RANK still writes its record
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert rank() == 3 and not is_rank_zero()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher sets LOCAL_RANK and WORLD_SIZE
+    assert rank() == 1
