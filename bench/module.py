@@ -116,7 +116,7 @@ class ContinualSegmenter(L.LightningModule):
                                                    len(vocabulary), self.knn.temperature)
         return fuse(probs, p_ret, confidence, self.knn.threshold, self.knn.lam)
 
-    def _eval_features(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def eval_features(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Base features, and memory-embedder features when there is a memory. An embedder that is the base's own
         visual tower (embedder=clip) shares all blocks but the last with it, so both come from one pass."""
         if self.memory is None:
@@ -127,7 +127,7 @@ class ContinualSegmenter(L.LightningModule):
         return dense_batch(self.base, batch), dense_batch(self.embedder, batch)
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> None:
-        base_feats, memory_feats = self._eval_features(batch)
+        base_feats, memory_feats = self.eval_features(batch)
         for i, sample in enumerate(batch):
             label_map = self.proposer(sample).to(base_feats.device)
             probs = self.class_probabilities(label_map, base_feats[i],

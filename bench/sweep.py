@@ -125,7 +125,7 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             num_classes = len(spec.tasks[j].vocabulary)
             for batch in loader:
-                base_feats, memory_feats = module._eval_features(batch)  # as test_step computes them
+                base_feats, memory_feats = module.eval_features(batch)  # as test_step computes them
                 for i, sample in enumerate(batch):
                     label_map = module.proposer(sample).to(base_feats.device)
                     for p, knn in enumerate(settings):
