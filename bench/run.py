@@ -147,8 +147,8 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
         for t in range(first, last):
             _step(ctx, method, t, record)
             log_results(loggers, record, t + 1)
-        if record["steps_done"] == len(spec.tasks) and is_rank_zero():
-            record["complete"] = True
+        record["complete"] = record["steps_done"] == len(spec.tasks)
+        if record["complete"] and is_rank_zero():
             atomic_write_json(record_path, record)
             atomic_write_text(out / "table.txt", _tables(record) + "\n")
             pngs = {m: heatmap(record, m, out / f"heatmap-{m}.png") for m in record["matrix"]}
@@ -158,7 +158,6 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     finally:
         finish(loggers, success=ok)
     barrier()  # every rank has finished before rank 0 returns (a caller may read what the others computed)
-    record["complete"] = record["steps_done"] == len(spec.tasks)
     say(_tables(record))
     say(f"record: {record_path}")
     return record
