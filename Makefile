@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 OVERRIDES := $(MAKEOVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench compare report reference regress perf test test-all lint clean
+.PHONY: help install bench compare report reference regress perf mutate test test-all lint clean
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,12 @@ regress: $(STAMP)  ## run the regression runs (synth, synth-shift; knn, zeroshot
 
 perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~12-27 min; QUICK=1: ~2-4 min)
 	$(PY) benchmarks/perf.py $(if $(QUICK),--quick)
+
+# The gate: the run fails below this mutation score (killed / non-equivalent mutants).
+MUTATE_FAIL_UNDER ?= 0.90
+
+mutate: $(STAMP)  ## mutation testing of the core modules (mutmut) -> results/perf/mutation.json (~25-35 min)
+	$(PY) benchmarks/mutation.py --fail-under $(MUTATE_FAIL_UNDER) $(MUTATE_ARGS)
 
 test: $(STAMP)  ## run the tests (without those marked slow)
 	$(PY) -m pytest -m "not slow" -q

@@ -31,7 +31,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import build_report
+    from bench.report import build_report, write_dashboard
 
     written = build_report(args.run_dirs or ["results/runs"], args.out, perf=args.perf)
     print(f"report of {len(written['records'])} runs: {written['summary_md']}")
@@ -39,18 +39,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
         write_dashboard(Path(written["summary_md"]), Path(args.dashboard))
         print(f"dashboard: {args.dashboard}")
     return 0
-
-
-def write_dashboard(summary_md: Path, dashboard: Path) -> None:
-    """The report's markdown, with links made relative to the dashboard page (results/README.md)."""
-    import os
-    import re
-
-    from bench.io import atomic_write_text
-
-    prefix = Path(os.path.relpath(summary_md.parent.resolve(), dashboard.parent.resolve()))
-    text = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({(prefix / m.group(1)).as_posix()})", summary_md.read_text())
-    atomic_write_text(dashboard, text)
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
@@ -83,21 +71,43 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def registries() -> list[tuple[str, object]]:
+    """Every registry users extend, with its heading in ``python -m bench list``."""
+    from bench.memory import INDEX_KINDS
+    from bench.methods import METHODS
+    from bench.models import BASES, EMBEDDERS
+    from bench.proposals import PROPOSERS
+    from datamodules.registry import READERS
+
+    return [("methods", METHODS), ("bases", BASES), ("embedders", EMBEDDERS), ("proposers", PROPOSERS),
+            ("index kinds", INDEX_KINDS), ("dataset formats", READERS)]
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from bench.methods import methods
     from bench.models.clip import RANDOM_INIT_MODELS
     from datamodules.sequence import list_sequences, load_sequence
 
     print("sequences:")
     for name in list_sequences():
         spec = load_sequence(name)
-        print(f"  {name:<16} {len(spec.tasks)} tasks: {', '.join(t.name for t in spec.tasks)}")
-    print("methods:")
-    for m in methods().values():
-        print(f"  {m.name:<16} {m.description}")
-    print(f"models: any open_clip ViT name with a pretrained tag; suite random-init configs: "
-          f"{', '.join(RANDOM_INIT_MODELS)}")
+        print(f"  {name:<20} {len(spec.tasks)} tasks: {', '.join(t.name for t in spec.tasks)}")
+    for heading, registry in registries():
+        print(f"{heading} ({registry.key}=):")
+        for entry in registry.entries().values():
+            print(f"  {entry.name:<20} {entry.description}")
+    print(f"models (MODEL=): any open_clip ViT name with a pretrained tag; suite configs: "
+          f"{', '.join(RANDOM_INIT_MODELS)}, tiny-clip-synth")
     return 0
+
+
+class _RunParser(argparse.ArgumentParser):
+    """``run --help`` ends with what each registry offers (read from the registries, so it is never stale)."""
+
+    def format_help(self) -> str:
+        lines = [super().format_help(), "choices (python -m bench list describes each):"]
+        for _, registry in registries():
+            lines.append(f"  {registry.key:<16} {', '.join(registry.names())}")
+        return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or resume) a sequence with one method",
                        description="Run a sequence: key=value overrides, e.g. SEQ=synth METHOD=knn knn.k=32")
+    p.__class__ = _RunParser
     p.add_argument("overrides", nargs="*", help="key=value (SEQ, METHOD, MODEL, PRETRAINED, knn.k, ...)")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("compare", help="run every method on a sequence (reusing finished runs), one table",
@@ -135,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-count", action="store_true", help="only check paths, do not index the annotations")
     p.set_defaults(func=_cmd_data_check)
     add_eval_commands(sub)
-    p = sub.add_parser("list", help="list sequences, methods and models")
+    p = sub.add_parser("list", help="list sequences and every registry (methods, bases, embedders, proposers, "
+                                    "index kinds, dataset formats)")
     p.set_defaults(func=_cmd_list)
     return parser
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError
+from bench.memory.spec import RUN_INDEX
 
 
 @dataclass
@@ -21,15 +22,20 @@ class ModelConfig:
 
 
 @dataclass
+class BaseConfig:
+    kind: str = "maskclip"  # the base segmenter (bench.models registry; python -m bench list)
+
+
+@dataclass
 class EmbedderConfig:
-    kind: str = "clip"  # clip: the base model's visual tower; dinov2: a timm DINOv2 ViT
+    kind: str = "clip"  # bench.models registry: clip (the base model's visual tower) or dinov2 (timm)
     name: str = "vit_small_patch14_dinov2"  # for dinov2 (dinov2-tiny-random in tests)
     image_size: int = 0  # 0 = the embedder's default
 
 
 @dataclass
 class ProposalConfig:
-    kind: str = "superpixel"  # gt (oracle) or superpixel (SLIC)
+    kind: str = "superpixel"  # bench.proposals registry: gt (oracle) or superpixel (SLIC)
     n_segments: int = 64
     compactness: float = 10.0
 
@@ -40,19 +46,18 @@ class KnnConfig:
     temperature: float = 0.05  # softmax temperature of the similarity-weighted votes
     threshold: float = 0.5  # T: retrieval is used where the best cosine similarity exceeds it
     lam: float = 0.5  # λ: weight of the retrieval distribution where it is used
-    # The memory's index (bench.memory.IndexSpec): flat | flat-fp16 | ivf-flat | ivf-pq | hnsw. The default is
-    # exact (a flat buffer) until 65,536 entries, then 4096 IVF lists trained on those, 8 probed per query: at
-    # 1M entries recall@16 0.996 at about 1% of the per-image time (results/perf/latest.json).
-    index: str = "ivf-flat"
-    pca_dim: int = 0  # 0 = no PCA; else project to this many dims before indexing (trained)
-    nlist: int = 4096  # IVF lists; 0 = one per 64 training vectors
-    pq_m: int = 0  # ivf-pq bytes per entry; 0 = the largest divisor of the dim up to 64
-    hnsw_m: int = 32  # HNSW links per node
-    ef_construction: int = 40  # HNSW build-time candidate list
-    train_size: int = 65536  # IVF/PQ/PCA: entries kept exact (flat) until the index trains on them
-    nprobe: int = 8  # IVF lists scanned per query
-    ef_search: int = 64  # HNSW search-time candidate list
-    gpu: bool = False  # index on GPU 0; needs a GPU build of faiss (an error otherwise, never a CPU fallback)
+    # The memory's index: the kind (registered in bench.memory.kinds) and its knobs, defaults from
+    # bench.memory.RUN_INDEX (exact until 65,536 entries, then 4096 IVF lists, 8 probed; see the README).
+    index: str = RUN_INDEX.kind
+    pca_dim: int = RUN_INDEX.pca_dim  # 0 = no PCA; else project to this many dims before indexing (trained)
+    nlist: int = RUN_INDEX.nlist  # IVF lists; 0 = one per 64 training vectors
+    pq_m: int = RUN_INDEX.pq_m  # ivf-pq bytes per entry; 0 = the largest divisor of the dim up to 64
+    hnsw_m: int = RUN_INDEX.hnsw_m  # HNSW links per node
+    ef_construction: int = RUN_INDEX.ef_construction  # HNSW build-time candidate list
+    train_size: int = RUN_INDEX.train_size  # IVF/PQ/PCA: entries kept exact (flat) until the index trains on them
+    nprobe: int = RUN_INDEX.nprobe  # IVF lists scanned per query
+    ef_search: int = RUN_INDEX.ef_search  # HNSW search-time candidate list
+    gpu: bool = RUN_INDEX.gpu  # index on GPU 0; needs a GPU build of faiss (an error otherwise, never a CPU fallback)
 
 
 @dataclass
@@ -71,6 +76,7 @@ class RunConfig:
     sequence: str = "synth-shift"  # the embedded default (tiny-clip-synth); "synth" (tiny-random) is the fast one
     method: str = "knn"
     model: ModelConfig = field(default_factory=ModelConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
@@ -93,7 +99,7 @@ class RunConfig:
 
 # Upper-case names as the Makefile passes them.
 ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRAINED": "model.pretrained",
-           "EMBEDDER": "embedder.kind", "PROPOSALS": "proposals.kind", "DATA_ROOT": "data_root",
+           "BASE": "base.kind", "EMBEDDER": "embedder.kind", "PROPOSALS": "proposals.kind", "DATA_ROOT": "data_root",
            "SEED": "seed", "RUN_ID": "run_id", "DEVICES": "devices"}
 RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory",
                  "devices")

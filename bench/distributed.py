@@ -2,41 +2,17 @@
 
 A run with ``devices=n > 1`` is started once (``python -m bench run DEVICES=n``); Lightning's DDP launcher starts
 the other ``n - 1`` processes by running the same command with ``LOCAL_RANK`` set, at the first Trainer call. Every
-process runs the whole flow; only rank 0 writes files, logs and prints.
+process runs the whole flow; only rank 0 writes files, logs and prints. The rank and world size are read in
+:mod:`datamodules.sampling` (the data layer shards with them and may not import the engine).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from datamodules.sampling import process_group_initialized, rank, world_size
 
-def _initialized() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    """Global rank: from the process group once it exists, else from the launcher's environment (Lightning's and
-    torchrun's set WORLD_SIZE next to the rank; a lone process under some other scheduler's RANK stays rank 0)."""
-    if _initialized():
-        import torch.distributed as dist
-
-        return dist.get_rank()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        for key in ("RANK", "LOCAL_RANK"):
-            if os.environ.get(key, "").isdigit():
-                return int(os.environ[key])
-    return 0
-
-
-def world_size() -> int:
-    if _initialized():
-        import torch.distributed as dist
-
-        return dist.get_world_size()
-    return 1
+__all__ = ["barrier", "gather_in_shard_order", "interleave", "is_rank_zero", "rank", "world_size"]
 
 
 def is_rank_zero() -> bool:
@@ -46,9 +22,9 @@ def is_rank_zero() -> bool:
 def gather_in_shard_order(items: list[Any]) -> list[Any]:
     """Every rank's ``items`` on every rank, in the order of one process reading the whole dataset.
 
-    Rank ``r`` of ``W`` holds, in order, the samples ``r, r + W, r + 2W, ...`` (:class:`bench.sampling.ShardSampler`),
-    so its k-th item is sample ``r + kW``; interleaving the ranks' lists restores ``0, 1, 2, ...``. With one process
-    the list comes back unchanged.
+    Rank ``r`` of ``W`` holds, in order, the samples ``r, r + W, r + 2W, ...``
+    (:class:`datamodules.sampling.ShardSampler`), so its k-th item is sample ``r + kW``; interleaving the ranks'
+    lists restores ``0, 1, 2, ...``. With one process the list comes back unchanged.
     """
     if world_size() == 1:
         return list(items)
@@ -66,7 +42,7 @@ def interleave(parts: list[list[Any]]) -> list[Any]:
 
 
 def barrier() -> None:
-    if _initialized():
+    if process_group_initialized():
         import torch.distributed as dist
 
         dist.barrier()

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-IGNORE_INDEX = 255  # the usual "unlabelled" value in label PNGs written by other tools (files, not the contract)
+from datamodules.ignore import PNG_IGNORE  # torch-free: the parser stays cheap to build
 
 
 def panoptic_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +75,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     sem.add_argument("--gt-dir", required=True, help="folder of ground-truth label map PNGs")
     sem.add_argument("--pred-dir", required=True, help="folder of predicted label map PNGs, same file names")
     sem.add_argument("--num-classes", type=_positive_int, required=True, help="number of classes (ids 0..N-1)")
-    sem.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, help="ground-truth id to skip (255)")
+    sem.add_argument("--ignore-index", type=int, default=PNG_IGNORE,
+                     help=f"ground-truth id to skip ({PNG_IGNORE})")
     sem.add_argument("--out", help="write miou, per_class_iou, pixel_accuracy (percent) as JSON here")
     sem.add_argument("--quiet", action="store_true", help="no progress bar")
     sem.set_defaults(func=_cmd_semantic)

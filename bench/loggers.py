@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.report import memory_entries
+from bench.runs import memory_entries
 
 WANDB_PROJECT = "knnclip-bench"
 _OFF_MODES = ("offline", "disabled", "dryrun")
@@ -254,7 +254,7 @@ def log_final(loggers: list[Any], record: Mapping[str, Any],
               heatmap_png: Path | Mapping[str, Path] | None = None, *, memory_dir: Path | None = None,
               log_memory: bool = False) -> None:
     """At the end of a run: to W&B the result matrix per metric (``wandb.Table``), the per-class IoU table
-    (step, task, class, iou), the heatmap image(s) made by ``bench.report.heatmap`` (one path = mIoU, or
+    (step, task, class, iou), the heatmap image(s) made by ``bench.plots.heatmap`` (one path = mIoU, or
     ``{metric: path}``), and the summary metrics into ``run.summary``; with ``log_memory`` the memory folder
     (``memory_dir``, e.g. ``<run dir>/memory/step-<T>``) as an artifact. To CSV the same summary scalars as
     one more row at ``step = steps_done``."""

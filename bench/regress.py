@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.io import atomic_write_json
-from bench.results import load_record
+from bench.record import load_record, load_reference
 
 DEFAULT_TOLERANCES: dict[str, float] = {
     "default": 0.5,
@@ -37,7 +37,7 @@ DEFAULT_TOLERANCES: dict[str, float] = {
 }
 # Summary values for which a higher number is worse.
 RISE_IS_WORSE = frozenset({"forgetting", "mean_forgetting"})
-REFERENCE_KEYS = ("sequence", "method", "model", "tasks", "matrix", "summary", "config", "git_commit")
+REFERENCE_KEYS = ("record_version", "sequence", "method", "model", "tasks", "matrix", "summary", "config", "git_commit")
 # Config keys that say where or how visibly a run went, not what it computed.
 _IGNORED_CONFIG = frozenset({"output_dir", "progress", "num_workers", "data_root", "max_steps", "run_id"})
 
@@ -171,7 +171,7 @@ def regress_main(reference_path: str | Path, run_dir_or_record: str | Path,
     the files cannot be read or are not runs of the same sequence, method and tasks."""
     out = out or sys.stdout
     try:
-        reference = load_record(reference_path)
+        reference = load_reference(reference_path)
         record = load_record(run_dir_or_record)
         rows = compare(record, reference, tolerances)
     except ValueError as e:
@@ -204,7 +204,8 @@ def make_reference(run_dir: str | Path, out_path: str | Path,
     missing = [k for k in REFERENCE_KEYS if k not in record]
     if missing:
         raise ValueError(f"{run_dir}: run record lacks {', '.join(missing)}")
-    reference = {k: record[k] for k in REFERENCE_KEYS}
+    data = record.to_json()
+    reference = {k: data[k] for k in REFERENCE_KEYS}
     reference["tolerances"] = dict(tolerances or DEFAULT_TOLERANCES)
     atomic_write_json(out_path, reference)
     return reference

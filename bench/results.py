@@ -1,8 +1,8 @@
-"""The run record (record.json): building, reading, printing."""
+"""What a run record carries besides scores (versions, commit), and its printed table. The record itself is
+:class:`bench.record.RunRecord`."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import subprocess
@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RECORD_VERSION = 1
+from bench.record import RECORD_VERSION, load_record  # noqa: F401  (read through here by older callers)
+
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "open_clip_torch", "timm", "faiss-cpu",
             "faiss-gpu-cu12", "numpy", "scikit-image", "datasets", "wandb", "knnclip-bench")
 
@@ -36,16 +37,6 @@ def git_commit(repo: Path | None = None) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty else "")
-
-
-def load_record(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "record.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read run record ({e})") from e
 
 
 def _fmt(value: float | None, width: int) -> str:

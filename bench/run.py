@@ -18,7 +18,8 @@ from bench.distributed import barrier, is_rank_zero
 from bench.errors import ConfigError
 from bench.io import atomic_write_json, atomic_write_text
 from bench.methods import Method, RunContext, get_method, methods
-from bench.results import RECORD_VERSION, format_matrix, git_commit, load_record, package_versions
+from bench.record import RunRecord, Summary, load_record
+from bench.results import format_matrix, git_commit, package_versions
 from datamodules.sequence import SequenceSpec, load_sequence
 
 log = logging.getLogger("bench")
@@ -70,33 +71,30 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
                      max_epochs=max_epochs, deterministic=True)
 
 
-def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> dict[str, Any]:
+def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> RunRecord:
     tasks = [t.name for t in spec.tasks]
-    return {
-        "record_version": RECORD_VERSION, "sequence": spec.name, "method": method.name,
-        "model": {"name": cfg.model.name, "pretrained": base.tag, "identity": base.identity,
-                  "weights": "random-init, not pretrained" if base.tag == "random-init" else "pretrained"},
-        "embedder": embedder.identity if embedder is not None else None,
-        "tasks": tasks, "vocabulary_sizes": [len(t.vocabulary) for t in spec.tasks],
-        "steps_done": 0, "complete": False,
-        "matrix": {"miou": [[None] * len(tasks) for _ in tasks]},
-        "summary": {}, "per_class_iou": [], "state_size": [],
-        "config": to_dict(cfg), "config_hash": config_hash(cfg), "seed": cfg.seed,
-        "versions": package_versions(), "git_commit": git_commit(),
-        "timings": {"steps": []},
-    }
+    return RunRecord(
+        sequence=spec.name, method=method.name,
+        model={"name": cfg.model.name, "pretrained": base.tag, "identity": base.identity,
+               "weights": "random-init, not pretrained" if base.tag == "random-init" else "pretrained"},
+        base=cfg.base.kind, proposer=cfg.proposals.kind,
+        embedder=embedder.identity if embedder is not None else None,
+        tasks=tasks, vocabulary_sizes=[len(t.vocabulary) for t in spec.tasks],
+        matrix={"miou": [[None] * len(tasks) for _ in tasks]},
+        config=to_dict(cfg), config_hash=config_hash(cfg), seed=cfg.seed,
+        versions=package_versions(), git_commit=git_commit(), timings={"steps": []})
 
 
-def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
+def run(cfg: RunConfig, spec: SequenceSpec) -> RunRecord:
     """Run (or resume) a sequence; returns the record, also written to ``<run dir>/record.json``."""
     import lightning as L
 
     from bench.loggers import finish, log_final, log_results, make_loggers
-    from bench.models import build_base
+    from bench.models import base_weights_identity, build_base
     from bench.module import ContinualSegmenter
+    from bench.plots import heatmap
     from bench.proposals import build_proposer
-    from bench.report import heatmap
-    from datamodules.sequence import SequenceDataModule
+    from datamodules import SequenceDataModule
 
     method = get_method(cfg.method)
     if cfg.devices < 1:
@@ -107,35 +105,33 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     out = run_dir(cfg, spec)
     record_path = out / "record.json"
     previous = load_record(record_path) if record_path.exists() else None
-    if previous is not None and previous.get("config_hash") != config_hash(cfg):
-        raise ConfigError(f"{out} holds a run with another config (hash {previous.get('config_hash')}, this one "
+    if previous is not None and previous.config_hash != config_hash(cfg):
+        raise ConfigError(f"{out} holds a run with another config (hash {previous.config_hash}, this one "
                           f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
     if previous is not None:
-        from bench.models.clip import weights_identity
-
-        had, now = (previous.get("model") or {}).get("identity"), weights_identity(
-            cfg.model.name, cfg.model.pretrained, cfg.model.seed)
+        had, now = previous.model.identity, base_weights_identity(
+            cfg.base.kind, cfg.model.name, cfg.model.pretrained, cfg.model.seed)
         if had != now:
             raise ConfigError(f"{out} holds a run made with other weights ({had}; these are {now}); choose "
                               "another RUN_ID or delete the folder")
-    if previous is not None and previous["complete"]:
+    if previous is not None and previous.complete:
         say(f"already complete: {record_path}")
         say(_tables(previous))
         return previous
 
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed)
+    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
-    module = ContinualSegmenter(base, proposer, knn=cfg.knn)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
                             cfg.eval_limit)
-    ctx = RunContext(cfg, spec, module, dm, out, functools.partial(_trainer, cfg))
-    first = previous["steps_done"] if previous else 0
+    ctx = RunContext(cfg, spec, base, dm, out, functools.partial(_trainer, cfg))
+    first = previous.steps_done if previous else 0
     method.setup(ctx, first)
-    record = previous or new_record(cfg, spec, method, base, module.embedder)
-    record["git_commit"], record["versions"] = git_commit(), package_versions()
-    record["timings"]["model_load_s"] = round(time.perf_counter() - start, 3)
+    module = ContinualSegmenter(base, proposer, method.head)
+    record = previous or new_record(cfg, spec, method, base, method.head.embedder)
+    record.git_commit, record.versions = git_commit(), package_versions()
+    record.timings["model_load_s"] = round(time.perf_counter() - start, 3)
     if first:
         say(f"resuming {out} after step {first} of {len(spec.tasks)}")
     last = len(spec.tasks) if not cfg.max_steps else min(len(spec.tasks), first + cfg.max_steps)
@@ -145,11 +141,11 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> dict[str, Any]:
     ok = False
     try:
         for t in range(first, last):
-            _step(ctx, method, t, record)
+            _step(ctx, method, module, t, record)
             log_results(loggers, record, t + 1)
-        record["complete"] = record["steps_done"] == len(spec.tasks)
-        if record["complete"] and is_rank_zero():
-            atomic_write_json(record_path, record)
+        record.complete = record.steps_done == len(spec.tasks)
+        if record.complete and is_rank_zero():
+            atomic_write_json(record_path, record.to_json())
             atomic_write_text(out / "table.txt", _tables(record) + "\n")
             pngs = {m: heatmap(record, m, out / f"heatmap-{m}.png") for m in record["matrix"]}
             log_final(loggers, record, pngs, memory_dir=out / "memory" / f"step-{len(spec.tasks)}",
@@ -183,7 +179,7 @@ def _summarize(matrix: list[list[float | None]], t: int) -> dict[str, Any]:
     return {k: clean(v) for k, v in summary.items()}
 
 
-def _tables(record: dict[str, Any]) -> str:
+def _tables(record: RunRecord) -> str:
     return "\n\n".join(format_matrix(record, m) for m in ("miou", "pq") if m in record["matrix"])
 
 
@@ -191,7 +187,7 @@ PQ_METRICS = {"pq": ("All", "pq"), "sq": ("All", "sq"), "rq": ("All", "rq"), "pq
               "pq_stuff": ("Stuff", "pq")}
 
 
-def _record_pq(record: dict[str, Any], results: list[dict[str, Any] | None], t: int) -> None:
+def _record_pq(record: RunRecord | dict[str, Any], results: list[dict[str, Any] | None], t: int) -> None:
     """PQ rows for tasks with panoptic annotations (``null`` cells for the others).
 
     The continual summary (forgetting, BWT) needs every task scored, so it is given only when all tasks are
@@ -206,40 +202,40 @@ def _record_pq(record: dict[str, Any], results: list[dict[str, Any] | None], t: 
             matrix[t][j] = None if result is None else _percent(torch.tensor(result[group][key]))
         scored = [v for v in matrix[t][: t + 1] if v is not None]
         if all(v is not None for v in matrix[t][: t + 1]):
-            record["summary"][metric] = _summarize(matrix, t)
+            record["summary"][metric] = Summary(**_summarize(matrix, t))
         else:
-            record["summary"][metric] = {"final_average": sum(scored) / len(scored) if scored else None,
-                                         "average_incremental": None, "forgetting": [None] * (t + 1),
-                                         "mean_forgetting": None, "bwt": None}
+            record["summary"][metric] = Summary(final_average=sum(scored) / len(scored) if scored else None,
+                                                forgetting=[None] * (t + 1))
 
 
-def _step(ctx: RunContext, method: Method, t: int, record: dict[str, Any]) -> None:
-    spec, module, dm = ctx.spec, ctx.module, ctx.dm
+def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecord) -> None:
+    from bench.module import evaluate_tasks
+
+    spec, dm = ctx.spec, ctx.dm
     task = spec.tasks[t]
     say(f"step {t + 1}/{len(spec.tasks)}: adapt to {task.name!r} ({len(task.vocabulary)} classes)")
     dm.set_step(t)
     tick = time.perf_counter()
     timing: dict[str, Any] = {"step": t + 1, **method.adapt(ctx, t)}
     timing["adapt_s"] = round(time.perf_counter() - tick, 3)
-    record["state_size"].append(method.state_size(ctx))
+    record.state_size.append(method.state_size(ctx))
 
     tick = time.perf_counter()
     panoptic = [dm.eval_dataset(j).panoptic for j in range(t + 1)]
-    module.begin_eval([spec.tasks[j].vocabulary for j in range(t + 1)], panoptic)
-    ctx.trainer().test(module, datamodule=dm, verbose=False)
+    scores = evaluate_tasks(ctx.trainer, module, dm, [spec.tasks[j].vocabulary for j in range(t + 1)], panoptic)
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
     timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
 
-    row = record["matrix"]["miou"][t]
+    row = record.matrix["miou"][t]
     per_class = {}
-    for j, result in enumerate(module.results):
+    for j, result in enumerate(scores):
         row[j] = _percent(result["miou"])
         names = spec.tasks[j].vocabulary.classes
         per_class[spec.tasks[j].name] = {n: _percent(v) for n, v in zip(names, result["per_class_iou"])}
-    record["per_class_iou"].append(per_class)
-    _record_pq(record, module.pq_results, t)
-    record["timings"]["steps"].append(timing)
-    record["steps_done"] = t + 1
-    record["summary"]["miou"] = _summarize(record["matrix"]["miou"], t)
+    record.per_class_iou.append(per_class)
+    _record_pq(record, [s["pq"] for s in scores], t)
+    record.timings["steps"].append(timing)
+    record.steps_done = t + 1
+    record.summary["miou"] = Summary(**_summarize(record.matrix["miou"], t))
     if is_rank_zero():
-        atomic_write_json(ctx.out / "record.json", record)
+        atomic_write_json(ctx.out / "record.json", record.to_json())

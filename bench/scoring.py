@@ -19,7 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.metrics import MeanIoU, PanopticQuality
+from datamodules.coco_panoptic import load_panoptic_ids, panoptic_maps, segments_info
 from datamodules.contract import DataError
+from datamodules.ignore import PNG_IGNORE
 from datamodules.jsonio import load_json
 from datamodules.labelmaps import PIL_ERRORS
 
@@ -41,52 +43,21 @@ def nan_to_none(x: float) -> float | None:
 
 # --- panoptic -----------------------------------------------------------------------------------------------------
 
-def _decode_ids(path: Path) -> np.ndarray:
-    rgb = _read_png(path, "panoptic PNG")
-    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
-        raise DataError(f"{path}: panoptic PNG has shape {rgb.shape}; expected an RGB PNG with "
-                        "segment id = R + 256·G + 256²·B")
-    rgb = rgb[..., :3].astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def _segments(ann: dict[str, Any], json_path: Path, class_of: dict[int, int]) -> dict[int, tuple[int, bool]]:
-    """Segment id → (class index, iscrowd) of one annotation, in json order."""
-    out: dict[int, tuple[int, bool]] = {}
-    for s in ann.get("segments_info", []):
-        cat = int(s["category_id"])
-        if cat not in class_of:
-            raise DataError(f"{json_path}: image {ann['image_id']} ({ann.get('file_name')!r}): segment {s['id']} "
-                            f"has category_id {cat}, which is not among the ground-truth categories")
-        if int(s["id"]) in out:
-            raise DataError(f"{json_path}: image {ann['image_id']}: segment id {s['id']} is listed twice")
-        out[int(s["id"])] = (class_of[cat], bool(s.get("iscrowd", 0)))
-    return out
-
-
-def _to_tensors(ids: np.ndarray, info: dict[int, tuple[int, bool]], png: Path, json_path: Path,
-                require_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Segment map (1-based in json order, 0 = void), classes and iscrowd of one PNG.
+def _tensors(ids: np.ndarray, ann: dict[str, Any], png: Path, json_path: Path, class_of: dict[int, int],
+             require_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Segment map (1-based in json order, 0 = void), classes and iscrowd of one annotation and its PNG.
 
     Every non-zero id in the PNG must be in the json; with ``require_all`` every json segment must be in the PNG
     (panopticapi's checks on predictions; ground-truth segments without pixels stay, as false negatives).
     """
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    unknown = [u for u in uniq.tolist() if u != 0 and u not in info]
-    if unknown:
-        raise DataError(f"{png}: segment id {unknown[0]} is in the PNG but not in the segments_info of its "
-                        f"annotation in {json_path}")
-    if require_all:
-        absent = sorted(set(info) - set(uniq.tolist()))
-        if absent:
-            raise DataError(f"{json_path}: segment id {absent[0]} of {png.name} is in segments_info but has no "
-                            f"pixel in {png}")
-    number = {sid: k for k, sid in enumerate(info, 1)}
-    lut = np.array([number.get(u, 0) for u in uniq.tolist()], dtype=np.int64)
-    segments = torch.from_numpy(lut[inverse.reshape(ids.shape)])
-    classes = torch.tensor([c for c, _ in info.values()], dtype=torch.int64)
-    crowd = torch.tensor([k for _, k in info.values()], dtype=torch.bool)
-    return segments, classes, crowd
+    where = f"{json_path}: image {ann['image_id']} ({ann.get('file_name')!r})"
+    info = segments_info(ann.get("segments_info", []), class_of, where, known="the ground-truth categories")
+    maps = panoptic_maps(ids, info, png, f"its annotation in {json_path}", keep_all=True)
+    if require_all and maps.unpainted:
+        raise DataError(f"{json_path}: segment id {maps.unpainted[0]} of {png.name} is in segments_info but has "
+                        f"no pixel in {png}")
+    return (torch.from_numpy(maps.segments), torch.tensor(maps.classes, dtype=torch.int64),
+            torch.tensor(maps.crowd, dtype=torch.bool))
 
 
 def _categories(gt_doc: dict[str, Any], gt_json: Path) -> tuple[list[int], list[bool]]:
@@ -121,14 +92,12 @@ def _pairs(gt_doc: dict[str, Any], pred_doc: dict[str, Any], gt_json: Path,
 def _update(metric: PanopticQuality, gt_ann: dict[str, Any], pred_ann: dict[str, Any], paths: dict[str, Path],
             class_of: dict[int, int]) -> None:
     gt_png, pred_png = paths["gt_dir"] / gt_ann["file_name"], paths["pred_dir"] / pred_ann["file_name"]
-    gt_ids, pred_ids = _decode_ids(gt_png), _decode_ids(pred_png)
+    gt_ids, pred_ids = load_panoptic_ids(gt_png), load_panoptic_ids(pred_png)
     if gt_ids.shape != pred_ids.shape:
         raise DataError(f"{pred_png}: prediction is {pred_ids.shape[1]}×{pred_ids.shape[0]} (W×H) but the ground "
                         f"truth {gt_png} is {gt_ids.shape[1]}×{gt_ids.shape[0]}; expected the same size")
-    gt = _to_tensors(gt_ids, _segments(gt_ann, paths["gt_json"], class_of), gt_png, paths["gt_json"],
-                     require_all=False)
-    pred = _to_tensors(pred_ids, _segments(pred_ann, paths["pred_json"], class_of), pred_png, paths["pred_json"],
-                       require_all=True)
+    gt = _tensors(gt_ids, gt_ann, gt_png, paths["gt_json"], class_of, require_all=False)
+    pred = _tensors(pred_ids, pred_ann, pred_png, paths["pred_json"], class_of, require_all=True)
     metric.update(pred[0], pred[1], *gt)
 
 
@@ -184,7 +153,7 @@ def _png_names(folder: Path, what: str) -> set[str]:
     return {p.name for p in folder.iterdir() if p.suffix.lower() == ".png"}
 
 
-def evaluate_semantic(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int = 255,
+def evaluate_semantic(gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int = PNG_IGNORE,
                       progress: bool = True) -> dict[str, Any]:
     """mIoU, per-class IoU and pixel accuracy, in percent, of PNG label maps paired by file name.
 

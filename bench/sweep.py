@@ -4,7 +4,7 @@ A knn run's final row ``R[T][j]`` is every task evaluated with the final memory:
 depends on is the memory at that time, not the step. Every fusion setting shares that memory, the
 image features, the proposals and the neighbours; only ``bench.fusion`` differs. So one ordinary run (the
 *anchor*) fills and saves the memory, and :func:`evaluate_grid` re-scores its final evaluation under each setting
-with the suite's own code path (``ContinualSegmenter.class_probabilities``, ``semantic_from_proposals``, the
+with the suite's own code path (the run's :class:`bench.heads.KnnHead`, ``semantic_from_proposals``, the
 confusion matrix of ``MeanIoU``), keeping one confusion matrix per image so that differences between settings can
 be given a paired bootstrap interval. The anchor's own setting must reproduce the anchor's recorded final row;
 :func:`evaluate_grid` raises otherwise, so the sweep can never silently drift from what ``bench run`` computes.
@@ -99,42 +99,41 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     from bench.inference import semantic_from_proposals
     from bench.methods import RunContext, get_method
     from bench.models import build_base
-    from bench.module import ContinualSegmenter
+    from bench.module import eval_features
     from bench.proposals import build_proposer
+    from datamodules import SequenceDataModule
     from datamodules.contract import IGNORE_INDEX
-    from datamodules.sequence import SequenceDataModule
 
     torch.manual_seed(cfg.seed)
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed)
+    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
-    module = ContinualSegmenter(base, proposer, knn=cfg.knn)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, 0, cfg.adapt_limit, cfg.eval_limit)
     last = len(spec.tasks)
-    ctx = RunContext(cfg, spec, module, dm, Path(run_folder), trainer=None)
-    get_method("knn").setup(ctx, last)  # the memory after the last step
-    module.begin_eval([t.vocabulary for t in spec.tasks])
-    module.eval()
+    method = get_method("knn")
+    method.setup(RunContext(cfg, spec, base, dm, Path(run_folder), trainer=None), last)  # the final memory
+    head = method.head.eval()
+    head.begin([t.vocabulary for t in spec.tasks])
     dm.set_step(last - 1)
+    heads = [head.with_settings(dataclasses.replace(cfg.knn, threshold=p.threshold, lam=p.lam,
+                                                    temperature=p.temperature)) for p in points]
     per_image: list[list[list[np.ndarray]]] = [[[] for _ in spec.tasks] for _ in points]
-    settings = [dataclasses.replace(cfg.knn, threshold=p.threshold, lam=p.lam, temperature=p.temperature)
-                for p in points]
     start = time.perf_counter()
     with torch.inference_mode():
         for j, loader in enumerate(dm.test_dataloader()):
             print(f"  scoring {spec.tasks[j].name!r} under {len(points)} settings "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             num_classes = len(spec.tasks[j].vocabulary)
+            # Features, proposals and targets once per image, held in memory; only the head's settings vary.
+            images = []
             for batch in loader:
-                base_feats, memory_feats = module.eval_features(batch)  # as test_step computes them
-                for i, sample in enumerate(batch):
-                    label_map = module.proposer(sample).to(base_feats.device)
-                    for p, knn in enumerate(settings):
-                        module.knn = knn
-                        probs = module.class_probabilities(label_map, base_feats[i], memory_feats[i], j)
-                        pred = semantic_from_proposals(label_map, probs)
-                        cm = confusion_matrix(pred, sample["semantic"], num_classes, IGNORE_INDEX)
-                        per_image[p][j].append(cm.numpy().astype(np.int64))
-    module.knn = cfg.knn
+                base_feats, memory_feats = eval_features(base, head.embedder, batch)  # as test_step does
+                images += [(proposer(sample).to(base_feats.device), base_feats[i], memory_feats[i],
+                            sample["semantic"]) for i, sample in enumerate(batch)]
+            for p, point_head in enumerate(heads):
+                for label_map, base_f, memory_f, target in images:
+                    pred = semantic_from_proposals(label_map, point_head(label_map, base_f, memory_f, j))
+                    cm = confusion_matrix(pred, target, num_classes, IGNORE_INDEX)
+                    per_image[p][j].append(cm.numpy().astype(np.int64))
     result = GridResult(list(points), [t.name for t in spec.tasks],
                         [[np.stack(cms) for cms in by_task] for by_task in per_image])
     if anchor_row is not None:

@@ -24,9 +24,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import bench.heads.knn as knn_head
 import bench.module as bm
 from bench.config import KnnConfig
+from bench.heads import KnnHead
 from bench.memory import Memory
+from bench.methods.knn import MemoryWriter
 from bench.models import build_base, build_embedder
 from bench.proposals import build_proposer
 from datamodules.vocabulary import Vocabulary
@@ -106,16 +109,18 @@ def build_model(memory: Memory) -> bm.ContinualSegmenter:
     embedder = build_embedder("dinov2", base, EMBEDDER)
     if embedder.dim != memory.dim:
         raise ValueError(f"memory of dim {memory.dim}, but {EMBEDDER} embeds in {embedder.dim}")
-    return bm.ContinualSegmenter(base, build_proposer("superpixel", 64, 10.0), embedder, memory, KnnConfig())
+    return bm.ContinualSegmenter(base, build_proposer("superpixel", 64, 10.0),
+                                 KnnHead(base, embedder, memory, KnnConfig()))
 
 
 @contextlib.contextmanager
 def _patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
     """Time the module's collaborators in place; restore them afterwards."""
-    base, embedder = module.base, module.embedder
-    names = ("dense_batch", "retrieval_distribution", "fuse", "semantic_from_proposals")
+    base, embedder, head = module.base, module.head.embedder, module.head
+    names = ("dense_batch", "semantic_from_proposals")
     saved = {n: getattr(bm, n) for n in names}
-    saved_memory, saved_proposer = module.memory, module.proposer
+    saved_fusion = {n: getattr(knn_head, n) for n in ("retrieval_distribution", "fuse")}
+    saved_memory, saved_proposer = head.memory, module.proposer
 
     def dense_batch(backbone: Any, batch: list[dict[str, Any]]) -> torch.Tensor:
         stage = "base_forward" if backbone is base else "embedder_forward" if backbone is embedder else "other"
@@ -123,17 +128,19 @@ def _patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
             return saved["dense_batch"](backbone, batch)
 
     bm.dense_batch = dense_batch
-    bm.retrieval_distribution = stages.wrap("fusion", saved["retrieval_distribution"])
-    bm.fuse = stages.wrap("fusion", saved["fuse"])
+    knn_head.retrieval_distribution = stages.wrap("fusion", saved_fusion["retrieval_distribution"])
+    knn_head.fuse = stages.wrap("fusion", saved_fusion["fuse"])
     bm.semantic_from_proposals = stages.wrap("inference", saved["semantic_from_proposals"])
-    module.memory = TimedMemory(saved_memory, stages)
+    head.memory = TimedMemory(saved_memory, stages)
     module.proposer = stages.wrap("proposals", saved_proposer)
     try:
         yield
     finally:
         for n, fn in saved.items():
             setattr(bm, n, fn)
-        module.memory, module.proposer = saved_memory, saved_proposer
+        for n, fn in saved_fusion.items():
+            setattr(knn_head, n, fn)
+        head.memory, module.proposer = saved_memory, saved_proposer
 
 
 def _per_image(stages: Stages, total: float, images: int) -> dict[str, Any]:
@@ -199,7 +206,8 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
     stage: data (read, decode, validate; with workers, the time spent waiting for them), preprocess (resize,
     normalise), embedder forward, pooling (the rest of ``predict_step``), memory add.
     ``adapt_overhead_fraction`` = everything but the forward / the forward."""
-    from datamodules.sequence import SequenceDataModule, load_sequence
+    from datamodules import SequenceDataModule
+    from datamodules.sequence import load_sequence
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ade"
@@ -211,12 +219,10 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
         spec = load_sequence(str(yaml))
         dm = SequenceDataModule(spec, tmp, batch_size=batch_size, num_workers=num_workers)
         dm.set_step(0)
-        module.begin_adapt(spec.tasks[0].vocabulary)
-        embedder = module.embedder
+        embedder = module.head.embedder
         stages = Stages()
         added, timed, total = 0, 0, 0.0
-        saved_memory = module.memory
-        module.memory = TimedMemory(saved_memory, stages)
+        writer = MemoryWriter(embedder, TimedMemory(module.head.memory, stages), spec.tasks[0].vocabulary)
         embedder.preprocess = stages.wrap("preprocess", embedder.preprocess)
         embedder.dense_features = stages.wrap("embedder_forward", embedder.dense_features)
         try:
@@ -226,7 +232,7 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
                     tick = time.perf_counter()
                     batch = next(batches)
                     loaded = time.perf_counter()
-                    entries = module.predict_step(batch, i)
+                    entries = writer.predict_step(batch, i)
                     if i == 0:  # warm-up
                         stages.seconds.clear()
                         continue
@@ -236,7 +242,6 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
                     timed += len(batch)
                     log(f"  adapt ({num_workers} workers): {timed} of {images} images timed")
         finally:
-            module.memory = saved_memory
             del embedder.preprocess, embedder.dense_features
     out = _per_image(stages, total, timed)
     out["ms_per_image"]["pooling"] = out["ms_per_image"].pop("other")

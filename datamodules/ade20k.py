@@ -27,7 +27,7 @@ from datamodules.registry import register_reader
 _ADE_SPLITS = {"train": "training", "val": "validation"}
 
 
-@register_reader("ade20k")
+@register_reader("ade20k", "ADE20K SceneParsing (150 classes), detectron2 layout")
 class ADE20KReader(LabelMapReader):
     split_aliases: ClassVar[dict[str, str]] = _ADE_SPLITS
     defaults: ClassVar[dict[str, Any]] = {
@@ -36,7 +36,7 @@ class ADE20KReader(LabelMapReader):
     expected_classes = 150
 
 
-@register_reader("ade20k_full")
+@register_reader("ade20k_full", "ADE20K-full (847 classes), 16-bit TIFFs of FC-CLIP's preparation")
 class ADE20KFullReader(LabelMapReader):
     split_aliases: ClassVar[dict[str, str]] = _ADE_SPLITS
     defaults: ClassVar[dict[str, Any]] = {

@@ -9,13 +9,17 @@ Layout under ``root`` (templates formatted with the split, defaults as in real C
 Categories are matched to the task vocabulary by NAME, so one json serves every class subset of a dataset:
 segments of a category outside the vocabulary become ignore (-1) in ``semantic`` and are left out of the
 segment list.
+
+The decoding of the format (ids in PNGs, ``segments_info``) is here once, for this reader, the ``hf_parquet``
+source and ``bench eval panoptic`` (:mod:`bench.scoring`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,12 +37,10 @@ from datamodules.labelmaps import (
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
+# Segment id → (class index, or None for a category outside the vocabulary; iscrowd), in segments_info order.
+SegmentsInfo = dict[int, tuple[int | None, bool]]
 
-@dataclass(frozen=True)
-class _Segment:
-    id: int
-    local_class: int | None  # None: category not in the vocabulary
-    iscrowd: bool
+PANOPTIC_PNG = "an RGB PNG with segment id = R + 256·G + 256²·B"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class _Record:
     image_path: Path
     png_path: Path
     size: tuple[int, int] | None  # (H, W) from the json, when given
-    segments: tuple[_Segment, ...]
+    segments: SegmentsInfo
 
 
 def decode_panoptic_ids(rgb: np.ndarray) -> np.ndarray:
@@ -59,6 +61,75 @@ def encode_panoptic_ids(ids: np.ndarray) -> np.ndarray:
     """Inverse of :func:`decode_panoptic_ids` (for writers and test fixtures)."""
     ids = np.asarray(ids, dtype=np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def load_panoptic_ids(path: Path) -> np.ndarray:
+    """``H×W`` int64 segment ids of a panoptic PNG file; :class:`DataError` naming it when missing or not RGB."""
+    return decode_panoptic_ids(load_rgb(path, "panoptic PNG", modes=("RGB", "RGBA"), expected=PANOPTIC_PNG))
+
+
+def vocabulary_classes(categories: Iterable[dict[str, Any]], vocabulary: Vocabulary) -> dict[int, int | None]:
+    """Category id → local class id, matched by name (None: a category outside the vocabulary)."""
+    position = {name: i for i, name in enumerate(vocabulary.classes)}
+    return {int(c["id"]): position.get(c["name"]) for c in categories}
+
+
+def segments_info(entries: Iterable[dict[str, Any]], class_of: Mapping[int, int | None], where: str,
+                  known: str = "the categories") -> SegmentsInfo:
+    """The ``segments_info`` of one annotation as segment id → (class, iscrowd), in listed order.
+
+    ``class_of`` maps category ids to class ids; a category not in it, or a segment id listed twice, is a
+    :class:`DataError` beginning with ``where``. A missing field raises ``KeyError`` for the caller to report.
+    """
+    out: SegmentsInfo = {}
+    for s in entries:
+        cat = int(s["category_id"])
+        if cat not in class_of:
+            raise DataError(f"{where}: segment {s['id']} has category_id {cat}, which is not among {known}")
+        if int(s["id"]) in out:
+            raise DataError(f"{where}: segment id {s['id']} is listed twice in segments_info")
+        out[int(s["id"])] = (class_of[cat], bool(s.get("iscrowd", 0)))
+    return out
+
+
+class PanopticMaps(NamedTuple):
+    """One panoptic annotation decoded: segments numbered 1.. in ``segments_info`` order (0 = void)."""
+
+    segments: np.ndarray  # H×W int64
+    classes: list[int]  # class of segment k at k-1
+    crowd: list[bool]  # iscrowd of segment k at k-1
+    unpainted: list[int]  # listed segment ids without a pixel, ascending
+
+    def semantic(self) -> np.ndarray:
+        """``H×W`` int64 class of each pixel, ``IGNORE_INDEX`` on void and on segments left out."""
+        return np.array([IGNORE_INDEX, *self.classes], dtype=np.int64)[self.segments]
+
+
+def panoptic_maps(ids: np.ndarray, info: SegmentsInfo, png: Path | str, annotation: str,
+                  keep_all: bool = False) -> PanopticMaps:
+    """Decode a segment-id map with its ``segments_info`` (the readers' samples and ``bench eval`` alike).
+
+    Every non-zero id in ``ids`` must be listed in ``info`` (else a :class:`DataError` naming ``png`` and the
+    ``annotation`` it should be in). Kept, in listed order: by default the segments with a class and at least one
+    pixel (an empty mask is neither a proposal nor matchable ground truth); with ``keep_all`` every listed segment
+    (scoring: a ground-truth segment without pixels is still a false negative). Works on the unique ids and maps
+    back with the inverse index, so the cost is one ``np.unique`` per image.
+    """
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    present = uniq.tolist()
+    unknown = [u for u in present if u != 0 and u not in info]
+    if unknown:
+        raise DataError(f"{png}: segment id {unknown[0]} is in the PNG but not in the segments_info of "
+                        f"{annotation}")
+    present_set = set(present)
+    if keep_all:
+        kept = list(info)
+    else:
+        kept = [sid for sid, (cls, _) in info.items() if sid != 0 and sid in present_set and cls is not None]
+    number = {sid: k for k, sid in enumerate(kept, 1)}
+    lut = np.array([number.get(u, 0) for u in present], dtype=np.int64)
+    return PanopticMaps(lut[inverse.reshape(ids.shape)], [info[sid][0] for sid in kept],
+                        [info[sid][1] for sid in kept], sorted(set(info) - present_set))
 
 
 @register_reader("coco_panoptic")
@@ -97,9 +168,7 @@ class CocoPanopticReader(ListedReader):
 
     def _index(self, doc: dict[str, Any]) -> list[_Record]:
         """Per-annotation records in json order; metadata only, no image is opened."""
-        local = {int(c["id"]): (self.vocabulary.classes.index(c["name"])
-                                if c["name"] in self.vocabulary.classes else None)
-                 for c in doc["categories"]}
+        local = vocabulary_classes(doc["categories"], self.vocabulary)
         images = {int(im["id"]): im for im in doc["images"]}
         records = []
         for ann in doc["annotations"]:
@@ -115,43 +184,15 @@ class CocoPanopticReader(ListedReader):
         return records
 
     def _record(self, image: dict[str, Any], ann: dict[str, Any], local: dict[int, int | None]) -> _Record:
-        segments = []
-        for s in ann["segments_info"]:
-            if int(s["category_id"]) not in local:
-                raise DataError(f"{self.json_path}: image {image['file_name']!r}: segment {s['id']} has "
-                                f"category_id {s['category_id']}, which is not in 'categories'")
-            segments.append(_Segment(int(s["id"]), local[int(s["category_id"])], bool(s.get("iscrowd", 0))))
+        segments = segments_info(ann["segments_info"], local, f"{self.json_path}: image {image['file_name']!r}")
         size = (int(image["height"]), int(image["width"])) if {"height", "width"} <= image.keys() else None
-        return _Record(self.image_dir / image["file_name"], self.panoptic_dir / ann["file_name"], size,
-                       tuple(segments))
+        return _Record(self.image_dir / image["file_name"], self.panoptic_dir / ann["file_name"], size, segments)
 
     def _sample(self, rec: _Record) -> dict[str, Any]:
         image = load_rgb(rec.image_path)
-        pan = load_rgb(rec.png_path, "panoptic PNG", modes=("RGB", "RGBA"),
-                       expected="an RGB PNG with segment id = R + 256·G + 256²·B")
-        check_same_size(image, pan, rec.image_path, rec.png_path, "panoptic PNG")
+        ids = load_panoptic_ids(rec.png_path)
+        check_same_size(image, ids, rec.image_path, rec.png_path, "panoptic PNG")
         check_listed_size(image, rec.size, rec.image_path, self.json_path)
-        segments, semantic, classes, crowd = self._maps(decode_panoptic_ids(pan), rec)
-        return panoptic_sample(image, semantic, segments, classes, crowd, self.root.name, rec.image_path.stem,
-                               rec.image_path)
-
-    def _maps(self, ids: np.ndarray, rec: _Record) -> tuple[np.ndarray, np.ndarray, list[int], list[bool]]:
-        """Segment map (1-based, kept segments only), semantic map and per-segment class / iscrowd.
-
-        Works on the unique ids and maps back with the inverse index, so the cost is one np.unique per image.
-        """
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        info = {s.id: s for s in rec.segments}
-        for uid in uniq.tolist():
-            if uid != 0 and uid not in info:
-                raise DataError(f"{rec.png_path}: segment id {uid} is in the PNG but not in segments_info "
-                                f"of its annotation in {self.json_path}")
-        present = set(uniq.tolist())
-        # Segments with no pixel are skipped: an empty mask is neither a proposal nor matchable ground truth.
-        kept = [s for s in rec.segments if s.local_class is not None and s.id in present and s.id != 0]
-        seg_of = {s.id: k for k, s in enumerate(kept, 1)}
-        seg_lut = np.array([seg_of.get(u, 0) for u in uniq.tolist()], dtype=np.int64)
-        cls_lut = np.array([kept[seg_of[u] - 1].local_class if u in seg_of else IGNORE_INDEX
-                            for u in uniq.tolist()], dtype=np.int64)
-        inverse = inverse.reshape(ids.shape)
-        return seg_lut[inverse], cls_lut[inverse], [s.local_class for s in kept], [s.iscrowd for s in kept]
+        maps = panoptic_maps(ids, rec.segments, rec.png_path, f"its annotation in {self.json_path}")
+        return panoptic_sample(image, maps.semantic(), maps.segments, maps.classes, maps.crowd, self.root.name,
+                               rec.image_path.stem, rec.image_path)

@@ -4,7 +4,8 @@ One sample is a dict:
 
 - ``image``: uint8 tensor ``3×H×W`` (RGB).
 - ``semantic``: int64 tensor ``H×W``, local class ids of the task vocabulary, ``IGNORE_INDEX`` (-1) = ignore.
-  (Not 255: ADE-847, PC-459 and LVIS have a real class 255; datasets' own ignore values are mapped to -1.)
+  (Not 255: ADE-847, PC-459 and LVIS have a real class 255; datasets' own ignore values, such as
+  ``PNG_IGNORE`` (255) in label PNGs, are mapped to -1; see :mod:`datamodules.ignore`.)
 - ``segments``: int64 tensor ``H×W``, panoptic segment map; 0 = void, ``k`` = the k-th segment (1-based).
 - ``segment_classes``: int64 tensor ``[S]``, local class id of segment ``k`` at index ``k-1``.
 - ``segment_iscrowd``: bool tensor ``[S]``.
@@ -21,7 +22,9 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -1
+from datamodules.ignore import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "DataError", "validate_sample"]
 
 
 class DataError(ValueError):

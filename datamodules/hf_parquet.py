@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datamodules.coco_panoptic import decode_panoptic_ids
-from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.coco_panoptic import decode_panoptic_ids, panoptic_maps, segments_info, vocabulary_classes
+from datamodules.contract import DataError
 from datamodules.jsonio import read_json
 from datamodules.labelmaps import LayoutEntry, check_index, check_root, decode_rgb, panoptic_sample
 from datamodules.registry import register_reader
@@ -55,32 +55,6 @@ def _decode(value: Any, where: str, what: str) -> np.ndarray:
     return decode_rgb(io.BytesIO(data), where, f"column {what!r}")
 
 
-def panoptic_maps(ids: np.ndarray, segments_info: list[dict[str, Any]], local: dict[int, int | None],
-                  where: str) -> tuple[np.ndarray, np.ndarray, list[int], list[bool]]:
-    """Segment map, semantic map, class and crowd per kept segment, as the native COCO panoptic reader makes.
-
-    Kept: segments of a category in the vocabulary with at least one pixel, in ``segments_info`` order.
-    """
-    info = {}
-    for s in segments_info:
-        if int(s["category_id"]) not in local:
-            raise DataError(f"{where}: segment {s['id']} has category_id {s['category_id']}, which is not in "
-                            "the categories")
-        info[int(s["id"])] = (local[int(s["category_id"])], bool(s.get("iscrowd", 0)))
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    present = set(uniq.tolist())
-    for uid in present:
-        if uid != 0 and uid not in info:
-            raise DataError(f"{where}: segment id {uid} is in the panoptic PNG but not in segments_info")
-    kept = [sid for sid in (int(s["id"]) for s in segments_info)
-            if sid != 0 and sid in present and info[sid][0] is not None]
-    seg_of = {sid: k for k, sid in enumerate(kept, 1)}
-    seg_lut = np.array([seg_of.get(u, 0) for u in uniq.tolist()], dtype=np.int64)
-    cls_lut = np.array([info[u][0] if u in seg_of else IGNORE_INDEX for u in uniq.tolist()], dtype=np.int64)
-    inverse = inverse.reshape(ids.shape)
-    return seg_lut[inverse], cls_lut[inverse], [info[s][0] for s in kept], [info[s][1] for s in kept]
-
-
 @register_reader("hf_parquet")
 class HFParquetPanopticReader:
     """COCO panoptic rows from parquet through Hugging Face ``datasets`` streaming. ``limit`` keeps N rows."""
@@ -100,9 +74,7 @@ class HFParquetPanopticReader:
         self.files = sorted(self.root.glob(self.pattern))
         if not self.files:
             raise DataError(f"{self.root / self.pattern}: no parquet file matches; {layout}")
-        names = set(vocabulary.classes)
-        self._local = {int(c["id"]): (vocabulary.index(c["name"]) if c["name"] in names else None)
-                       for c in _categories(entries[1].path)}
+        self._local = vocabulary_classes(_categories(entries[1].path), vocabulary)
         self._length = sum(self._num_rows(f) for f in self.files)
         if limit:
             self._length = min(self._length, limit)
@@ -169,6 +141,8 @@ class HFParquetPanopticReader:
         info = row[self.columns["segments"]]
         if isinstance(info, str):
             info = jsonlib.loads(info)
-        segments, semantic, classes, crowd = panoptic_maps(decode_panoptic_ids(pan), info, self._local, where)
+        maps = panoptic_maps(decode_panoptic_ids(pan), segments_info(info, self._local, where), where,
+                             f"column {self.columns['segments']!r}")
         name = row.get(self.columns["file_name"]) or f"{index:06d}"
-        return panoptic_sample(rgb, semantic, segments, classes, crowd, self.root.name, Path(str(name)).stem, where)
+        return panoptic_sample(rgb, maps.semantic(), maps.segments, maps.classes, maps.crowd, self.root.name,
+                               Path(str(name)).stem, where)

@@ -7,10 +7,10 @@ Shared by the ADE20K, ADE20K-847, PASCAL Context and Cityscapes readers, and reg
     {root}/{label_dir}/<stem>{label_ext}       label maps: 8- or 16-bit single-channel PNG / TIFF
 
 A label value ``v`` becomes class ``v - offset`` of the task vocabulary (in file order); values listed in
-``ignore_values`` (default ``[255]``, the usual 8-bit convention) and values below ``offset`` become ignore (-1 in
-the samples). A value past the vocabulary is an error naming the file. With more than 255 classes the value 255
-is a class, so the default is refused: give ``ignore_values`` explicitly (``[]``, or ``[65535]`` for 16-bit maps).
-Each class present becomes one segment (semantic data has no instances), never crowd.
+``ignore_values`` (default ``[255]``: ``PNG_IGNORE``, the usual 8-bit convention) and values below ``offset``
+become ignore (-1 in the samples). A value past the vocabulary is an error naming the file. With more than 255
+classes the value 255 is a class, so the default is refused: give ``ignore_values`` explicitly (``[]``, or
+``[65535]`` for 16-bit maps). Each class present becomes one segment (semantic data has no instances), never crowd.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from datamodules.contract import IGNORE_INDEX, DataError
+from datamodules.ignore import PNG_IGNORE
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
@@ -235,7 +236,7 @@ class LabelMapReader(ListedReader):
     split_aliases: ClassVar[dict[str, str]] = {}
     defaults: ClassVar[dict[str, Any]] = {
         "image_dir": "images/{split}", "label_dir": "annotations/{split}", "image_ext": ".jpg", "label_ext": ".png",
-        "offset": 0, "ignore_values": (255,)}
+        "offset": 0, "ignore_values": (PNG_IGNORE,)}
     expected_classes: int | None = None  # the label space the preset is for, when it has one
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, limit: int | None = None,
@@ -290,4 +291,4 @@ class LabelMapReader(ListedReader):
         return semantic_sample(rgb, semantic, self.root.name, image_path.stem, image_path)
 
 
-register_reader("label_map")(LabelMapReader)
+register_reader("label_map", "images with single-channel label maps paired by name")(LabelMapReader)

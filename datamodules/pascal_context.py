@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from datamodules.contract import DataError
+from datamodules.ignore import PNG_IGNORE
 from datamodules.labelmaps import LabelMapReader, LayoutEntry
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
 
 _VARIANTS: dict[int, dict[str, Any]] = {
-    59: {"label_dir": "annotations_ctx59/{split}", "label_ext": ".png", "ignore_values": (255,)},
+    59: {"label_dir": "annotations_ctx59/{split}", "label_ext": ".png", "ignore_values": (PNG_IGNORE,)},
     459: {"label_dir": "annotations_ctx459/{split}", "label_ext": ".tif", "ignore_values": (65535,)},
 }
 
@@ -37,7 +38,7 @@ def _variant(variant: int | str | None, num_classes: int | None) -> int:
     return value
 
 
-@register_reader("pascal_context")
+@register_reader("pascal_context", "PASCAL Context (59 or 459 classes), detectron2 layout")
 class PascalContextReader(LabelMapReader):
     split_aliases: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
     defaults: ClassVar[dict[str, Any]] = {

@@ -1,26 +1,87 @@
-"""Registry of dataset readers: a new format is a new module that registers itself, never an if/elif on names."""
+"""Registries: every family users extend (readers here; methods, bases, embedders, proposers, index kinds in
+``bench``) is one :class:`Registry` filled by one decorator. Adding an entry is adding a module to the family's
+package: the registry imports every module of its packages on first lookup, so no list is edited by hand."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from collections.abc import Callable
-from typing import Any, Protocol
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from datamodules.contract import DataError
 
-# Modules imported on first lookup so that each registers its reader(s).
-_READER_MODULES = (
-    "datamodules.coco_panoptic",
-    "datamodules.synth",
-    "datamodules.labelmaps",
-    "datamodules.ade20k",
-    "datamodules.pascal_context",
-    "datamodules.cityscapes",
-    "datamodules.lvis",
-    "datamodules.hf_parquet",
-)
+T = TypeVar("T")
 
-READERS: dict[str, Callable[..., Reader]] = {}
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    description: str
+
+
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].rstrip(".") if doc else ""
+
+
+class Registry(Generic[T]):
+    """Named entries of one family. ``key`` is the config key that selects one (named in errors); ``packages``
+    are imported module by module before the first lookup so that their entries register themselves."""
+
+    def __init__(self, family: str, key: str, packages: Iterable[str], error: type[Exception] = DataError) -> None:
+        self.family, self.key, self.packages, self.error = family, key, tuple(packages), error
+        self._entries: dict[str, Entry[T]] = {}
+        self._discovered = False
+
+    def register(self, name: str, description: str = "") -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")`` on a class or function; the description defaults to the
+        object's ``description`` attribute, else the first line of its docstring."""
+
+        def deco(obj: T) -> T:
+            if name in self._entries and self._entries[name].obj is not obj:
+                raise ValueError(f"{self.family} {name!r} is registered twice")
+            text = description or getattr(obj, "description", "") or _first_line(obj)
+            self._entries[name] = Entry(name, obj, text)
+            return obj
+
+        return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a toy entry take it out again)."""
+        self._entries.pop(name, None)
+
+    def discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for package in self.packages:
+            pkg = importlib.import_module(package)
+            for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package}.{info.name}")
+
+    def entries(self) -> dict[str, Entry[T]]:
+        self.discover()
+        return dict(self._entries)
+
+    def names(self) -> list[str]:
+        return list(self.entries())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries()
+
+    def get(self, name: str) -> T:
+        entries = self.entries()
+        if name not in entries:
+            close = difflib.get_close_matches(name, entries, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.error(f"unknown {self.family} {name!r} ({self.key}){hint}; expected one of: "
+                             f"{', '.join(entries)}")
+        return entries[name].obj
 
 
 class Reader(Protocol):
@@ -38,17 +99,12 @@ class Reader(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
-def register_reader(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        READERS[name] = cls
-        return cls
+READERS: Registry[Callable[..., Reader]] = Registry("dataset format", "format", ["datamodules"])
 
-    return deco
+
+def register_reader(name: str, description: str = "") -> Callable[[type], type]:
+    return READERS.register(name, description)
 
 
 def get_reader(name: str) -> Callable[..., Reader]:
-    for mod in _READER_MODULES:
-        importlib.import_module(mod)
-    if name not in READERS:
-        raise DataError(f"unknown dataset format {name!r}; known formats: {', '.join(sorted(READERS))}")
-    return READERS[name]
+    return READERS.get(name)

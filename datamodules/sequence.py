@@ -32,6 +32,7 @@ what is present and missing for every task.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import yaml
 
 from datamodules.contract import IGNORE_INDEX, DataError, validate_sample
 from datamodules.paths import expand_root
-from datamodules.registry import get_reader
+from datamodules.registry import Reader, get_reader
 from datamodules.vocabulary import Vocabulary
 
 TASKS_DIR = Path(os.environ.get("BENCH_TASKS", Path(__file__).resolve().parents[1] / "tasks"))
@@ -193,17 +194,40 @@ def restrict_sample(sample: dict[str, Any], class_ids: tuple[int, ...], num_data
     return sample
 
 
+ReaderKey = tuple[Any, ...]
+
+
+def open_reader(task: TaskSpec, split: SplitSpec, data_root: str | Path,
+                cache: dict[ReaderKey, Reader] | None = None) -> Reader:
+    """The reader of one split of a task's dataset.
+
+    With ``cache``, tasks that read the same dataset split (same format, root, split, dataset vocabulary and
+    options: the steps of a class-incremental sequence) share one reader, so its annotation json is parsed once.
+    """
+    root = expand_root(task.root, data_root)
+    vocab = task.reader_vocabulary
+    # The vocabulary's name (the task's) is left out: readers label by class, whatever the task is called.
+    key = (task.format, str(root), split.split, vocab.classes, vocab.is_thing,
+           json.dumps(task.options, sort_keys=True, default=repr))
+    if cache is not None and key in cache:
+        return cache[key]
+    reader = get_reader(task.format)(root=root, split=split.split, vocabulary=vocab, **task.options)
+    if cache is not None:
+        cache[key] = reader
+    return reader
+
+
 class TaskDataset(torch.utils.data.Dataset):
     """One split of one task: a reader, with every sample checked against the contract as it enters.
 
     The reader labels with the dataset vocabulary; for a class subset, samples are relabelled to the task's.
+    ``readers``: a cache shared with other datasets (see :func:`open_reader`).
     """
 
-    def __init__(self, task: TaskSpec, split: SplitSpec, data_root: str | Path, limit: int = 0) -> None:
+    def __init__(self, task: TaskSpec, split: SplitSpec, data_root: str | Path, limit: int = 0,
+                 readers: dict[ReaderKey, Reader] | None = None) -> None:
         self.task, self.vocabulary = task, task.vocabulary
-        root = expand_root(task.root, data_root)
-        reader_cls = get_reader(task.format)
-        self.reader = reader_cls(root=root, split=split.split, vocabulary=task.reader_vocabulary, **task.options)
+        self.reader = open_reader(task, split, data_root, readers)
         self.panoptic = bool(getattr(self.reader, "panoptic", False))
         limits = [n for n in (split.limit, limit) if n]
         self.length = min([len(self.reader), *limits])
@@ -223,52 +247,3 @@ def collate_samples(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep samples as a list: images differ in size, and resizing belongs to the model's transform."""
     return samples
 
-
-def _lightning_datamodule_base() -> type:
-    import lightning as L
-
-    return L.LightningDataModule
-
-
-class SequenceDataModule(_lightning_datamodule_base()):
-    """Streams the tasks of a sequence in order. ``set_step(t)`` selects what the loaders serve:
-    ``predict_dataloader`` = the adapt split of task t, ``test_dataloader`` = the eval splits of tasks 0..t."""
-
-    def __init__(self, spec: SequenceSpec, data_root: str | Path = "data", batch_size: int = 8,
-                 num_workers: int = 0, adapt_limit: int = 0, eval_limit: int = 0) -> None:
-        super().__init__()
-        self.spec, self.data_root = spec, data_root
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.adapt_limit, self.eval_limit = adapt_limit, eval_limit
-        self.step = 0
-
-    @property
-    def tasks(self) -> list[TaskSpec]:
-        return self.spec.tasks
-
-    def set_step(self, step: int) -> None:
-        self.step = step
-
-    def adapt_dataset(self, t: int) -> TaskDataset:
-        task = self.tasks[t]
-        return TaskDataset(task, task.adapt, self.data_root, self.adapt_limit)
-
-    def eval_dataset(self, t: int) -> TaskDataset:
-        task = self.tasks[t]
-        return TaskDataset(task, task.eval, self.data_root, self.eval_limit)
-
-    def _loader(self, dataset: TaskDataset) -> torch.utils.data.DataLoader:
-        # Under DDP each rank reads every W-th sample, no padding (so no sample is counted twice); the Trainer is
-        # built with use_distributed_sampler=False so Lightning does not put its padding sampler in front.
-        from bench.distributed import rank, world_size
-        from bench.sampling import ShardSampler
-
-        sampler = ShardSampler(len(dataset), world_size(), rank()) if world_size() > 1 else None
-        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
-                                           num_workers=self.num_workers, collate_fn=collate_samples)
-
-    def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.adapt_dataset(self.step))
-
-    def test_dataloader(self) -> list[torch.utils.data.DataLoader]:
-        return [self._loader(self.eval_dataset(j)) for j in range(self.step + 1)]

@@ -9,3 +9,22 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Generated data is shared across tests (and across runs, in CI's workspace); text embeddings too.
 os.environ.setdefault("BENCH_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache"))
+
+
+import pytest  # noqa: E402
+
+# A run shrunk to seconds: the fast sequence, a few images per split, no progress bars, no W&B.
+SMALL_RUN = ("SEQ=synth", "adapt_limit=16", "eval_limit=6", "progress=false", "wandb=false")
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """``small_run(*overrides)`` runs the fast sequence shrunk to seconds in this test's folder; returns the
+    record (later ``key=value`` arguments override the shrinking ones)."""
+    from bench.run import build_config, run
+
+    def go(*overrides: str):
+        cfg, spec = build_config([*SMALL_RUN, f"output_dir={tmp_path}", *overrides])
+        return run(cfg, spec)
+
+    return go

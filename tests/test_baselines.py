@@ -26,6 +26,9 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
 
 
 def test_finetune_forgets_and_knn_does_not(records):
+    """Guards: the trained adapter not applied at evaluation (fine-tuning would score like zero-shot and forget
+    nothing; it loses about 35 points on task 1 here), and kNN's memory replaced instead of grown at each step
+    (it would lose most of task 1). Margins stay: both bugs move these by tens of points."""
     finetune = records["finetune"]["matrix"]["miou"]
     knn = records["knn"]["matrix"]["miou"]
     assert finetune[0][0] - finetune[-1][0] >= 5, finetune
@@ -33,18 +36,59 @@ def test_finetune_forgets_and_knn_does_not(records):
 
 
 def test_joint_is_the_fine_tuning_upper_bound_and_replay_helps(records):
+    """Strict, cell by cell. Guards: the replay buffer never replayed (replay would train on exactly finetune's
+    data with finetune's seeds and give a bit-identical matrix: its rows after step 1 must differ on every
+    cell, and its forgetting be strictly lower), joint training only on the current task (same: identical to
+    finetune), and a buffer or an earlier task leaking into step 1 (all three train on task 1 alone there, so
+    their first rows are equal)."""
+    matrix = {m: r["matrix"]["miou"] for m, r in records.items()}
+    for method in ("replay", "joint"):
+        assert matrix[method][0] == matrix["finetune"][0], (method, matrix)
+        assert all(matrix[method][t][j] != matrix["finetune"][t][j] for t in (1, 2) for j in range(t + 1)), \
+            (method, matrix)
     final = {m: r["summary"]["miou"]["final_average"] for m, r in records.items()}
-    assert final["joint"] >= final["finetune"], final
+    assert final["joint"] > final["finetune"] and final["replay"] > final["finetune"], final
     forgetting = {m: r["summary"]["miou"]["mean_forgetting"] for m, r in records.items()}
-    assert forgetting["replay"] <= forgetting["finetune"], forgetting
+    assert forgetting["replay"] < forgetting["finetune"] and forgetting["joint"] < forgetting["finetune"], forgetting
+
+
+def _adapt_names() -> list[list[str]]:
+    """Class names of the mask embeddings of each task's adapt split under SMALL (24 images per task)."""
+    from bench.baselines.features import mask_embeddings
+    from bench.models import build_base
+    from datamodules import SequenceDataModule
+    from datamodules.sequence import load_sequence
+
+    base = build_base("tiny-random")
+    dm = SequenceDataModule(load_sequence("synth"), adapt_limit=24)
+    return [mask_embeddings(base, dm.adapt_dataset(t))[1] for t in range(3)]
 
 
 def test_records_report_trainable_parameters_and_adapt_time(records):
+    """Exact sizes, not ``> 0``. Guards: the replay per-class cap dropped or miscounted (the buffer after step t
+    holds min(replay_per_class, segments of the class so far) per class: 70, 120, 160 here, not 154, 305, 453),
+    the buffer not replayed (replay's training set is task t plus the buffer after step t - 1), and joint not
+    training on every task so far."""
+    from collections import Counter
+
     for method in ("finetune", "replay", "joint"):
         state = records[method]["state_size"][-1]
         assert state["trainable_params"] == 64 * 64 + 64  # the residual linear adapter on 64-d embeddings
         assert all(step["adapt_s"] > 0 and step["adapt_samples"] > 0 for step in records[method]["timings"]["steps"])
-    assert records["replay"]["state_size"][-1]["replay_buffer"] > 0
+    names = _adapt_names()
+    cap = records["replay"]["config"]["finetune"]["replay_per_class"]
+    seen: Counter[str] = Counter()
+    buffer = []
+    for task in names:
+        seen.update(task)
+        buffer.append(sum(min(cap, n) for n in seen.values()))
+    assert buffer == [70, 120, 160]  # 7 classes at the cap of 10, then 5 and 4 new ones; shared ones stay at 10
+    assert [s["replay_buffer"] for s in records["replay"]["state_size"]] == buffer
+    samples = {m: [step["adapt_samples"] for step in records[m]["timings"]["steps"]] for m in records if m != "knn"}
+    sizes = [len(task) for task in names]
+    assert samples["finetune"] == sizes
+    assert samples["replay"] == [sizes[0], sizes[1] + buffer[0], sizes[2] + buffer[1]]
+    assert samples["joint"] == [sum(sizes[: t + 1]) for t in range(3)]
 
 
 def _knn_module():
@@ -63,7 +107,8 @@ def _knn_module():
 def test_knn_adapt_changes_no_parameter_and_builds_no_graph(tmp_path):
     import lightning as L
 
-    from datamodules.sequence import SequenceDataModule, load_sequence
+    from datamodules import SequenceDataModule
+    from datamodules.sequence import load_sequence
 
     module = _knn_module()
     spec = load_sequence("synth")

@@ -138,3 +138,34 @@ def test_data_check_reports_missing_and_present(data: Path, tmp_path: Path) -> N
     (tmp_path / "lvis" / "lvis_v1_val.json").write_text("{")
     report = check_sequence(spec, tmp_path)[2]
     assert "not valid JSON" in report.splits[1].error and report.splits[0].missing
+
+
+def test_datasets_built_once_per_task_and_split(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps reuse the datasets built when first asked for, and the steps of a class-incremental sequence share
+    the reader of their dataset split: each COCO json is parsed once per run, however many steps read it."""
+    from datamodules import SequenceDataModule
+    from datamodules.coco_panoptic import CocoPanopticReader
+
+    opened: list[str] = []
+    init = CocoPanopticReader.__init__
+
+    def counting_init(self, *args, **kwargs) -> None:
+        opened.append(kwargs["split"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(CocoPanopticReader, "__init__", counting_init)
+    spec = load_sequence("coco-83-5")
+    dm = SequenceDataModule(spec, data)
+    steps = 4
+    for t in range(steps):  # what the run flow asks of the datamodule at each step
+        dm.set_step(t)
+        assert len(dm.predict_dataloader().dataset) == len(dm.adapt_dataset(t)) == 2
+        assert [loader.dataset for loader in dm.test_dataloader()] == [dm.eval_dataset(j) for j in range(t + 1)]
+        assert all(dm.eval_dataset(j).panoptic for j in range(t + 1))
+    assert sorted(opened) == ["train2017", "val2017"]
+    assert len({id(dm.adapt_dataset(t)) for t in range(steps)} | {id(dm.eval_dataset(t)) for t in range(steps)}) == 8
+    # A shared reader changes nothing: each task still relabels to its own classes.
+    for t in range(steps):
+        alone = TaskDataset(spec.tasks[t], spec.tasks[t].eval, data)
+        for key in ("semantic", "segments", "segment_classes", "segment_iscrowd"):
+            assert torch.equal(dm.eval_dataset(t)[0][key], alone[0][key]), (t, key)

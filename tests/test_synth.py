@@ -15,6 +15,7 @@ from datamodules import synth
 from datamodules.contract import IGNORE_INDEX, DataError, validate_sample
 from datamodules.registry import get_reader
 from datamodules.synth import APPEARANCE, SynthReader, make_scene
+from datamodules.synth import dataset as synth_dataset
 from datamodules.vocabulary import Vocabulary
 
 # A three-task set like tasks/synth.yaml (kept here so these tests do not depend on that file).
@@ -208,8 +209,8 @@ def test_crash_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             raise RuntimeError("disk full")
         return real(*args, **kw)
 
-    real = synth.write_split
-    monkeypatch.setattr(synth, "write_split", failing)
+    real = synth_dataset.write_split
+    monkeypatch.setattr(synth_dataset, "write_split", failing)
     with pytest.raises(RuntimeError):
         SynthReader(tmp_path / "park", "train", PARK, num_images={"train": 2, "val": 1})
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary folder
@@ -220,7 +221,7 @@ def test_second_concurrent_generator_keeps_first_copy(tmp_path: Path) -> None:
     reader = SynthReader(root, "train", PARK, num_images={"train": 2})
     before = _digests(root)
     # What a generator that lost the race does after writing its copy: rename fails, its copy is dropped.
-    synth._generate_atomically(root, synth.dataset_spec(PARK, 0, {"train": 2}, 128), PARK)
+    synth_dataset._generate_atomically(root, synth.dataset_spec(PARK, 0, {"train": 2}, 128), PARK)
     assert _digests(root) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["park"]
     assert len(reader) == 2

@@ -1,4 +1,4 @@
-"""finetune / replay / joint: one adapter-training method with two switches."""
+"""finetune / replay / joint: one adapter-training method with two switches, registered three times."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 
 from bench.baselines.adapter import Adapter, AdapterTraining, count_parameters
 from bench.baselines.features import mask_embeddings
+from bench.heads import AdapterHead
 from bench.io import atomic_write_bytes
-from bench.methods import Method, RunContext
+from bench.methods import METHODS, Method, RunContext
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -37,25 +38,30 @@ def _union(names: list[str]) -> list[str]:
 
 class AdapterFinetune(Method):
     distributed = False  # training under DDP would change the batches and the result; one process only
+    replay = False  # keep an exemplar buffer of earlier tasks and train on it too
+    joint = False  # retrain from the base model on every task so far
 
-    def __init__(self, name: str, description: str, replay: bool = False, joint: bool = False) -> None:
-        self.name, self.description, self.replay, self.joint = name, description, replay, joint
+    def __init__(self) -> None:
         self.buffer: tuple[torch.Tensor, list[str]] = (torch.zeros(0), [])
+
+    @property
+    def head(self) -> AdapterHead:
+        return self._head
 
     def _state_path(self, ctx: RunContext, step: int) -> Path:
         return ctx.out / "adapter" / f"step-{step}.pt"
 
     def setup(self, ctx: RunContext, steps_done: int) -> None:
-        adapter = Adapter(ctx.module.base.dim)
-        self.buffer = (torch.zeros(0, ctx.module.base.dim), [])
+        adapter = Adapter(ctx.base.dim)
+        self.buffer = (torch.zeros(0, ctx.base.dim), [])
         if steps_done:
             state = torch.load(self._state_path(ctx, steps_done), weights_only=True)
             adapter.load_state_dict(state["adapter"])
             self.buffer = (state["buffer_embeddings"], state["buffer_names"])
-        ctx.module.adapter = adapter
+        self._head = AdapterHead(ctx.base, adapter)
 
     def _training_data(self, ctx: RunContext, t: int) -> tuple[torch.Tensor, list[str]]:
-        base, dm = ctx.module.base, ctx.dm
+        base, dm = ctx.base, ctx.dm
         tasks = range(t + 1) if self.joint else [t]
         parts = [mask_embeddings(base, dm.adapt_dataset(j), ctx.cfg.batch_size) for j in tasks]
         if self.replay:
@@ -63,14 +69,14 @@ class AdapterFinetune(Method):
         return torch.cat([p[0] for p in parts]), [n for p in parts for n in p[1]]
 
     def adapt(self, ctx: RunContext, t: int) -> dict[str, Any]:
-        cfg, module = ctx.cfg.finetune, ctx.module
+        cfg, head, base = ctx.cfg.finetune, self._head, ctx.base
         if self.joint:  # the upper bound retrains from the base model on everything seen so far
-            module.adapter = Adapter(module.base.dim)
+            head.adapter = Adapter(base.dim)
         x, names = self._training_data(ctx, t)
         vocabulary = _union(names)
         y = torch.tensor([vocabulary.index(n) for n in names])
-        text = module.base.text_embeddings(vocabulary)
-        training = AdapterTraining(module.adapter, text, module.base.logit_scale, cfg.lr, cfg.weight_decay)
+        text = base.text_embeddings(vocabulary)
+        training = AdapterTraining(head.adapter, text, base.logit_scale, cfg.lr, cfg.weight_decay)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                              sampler=EpochShuffle(len(y), ctx.cfg.seed * 1000 + t))
         checkpoints = ctx.out / "checkpoints" / f"step-{t + 1}"
@@ -87,7 +93,7 @@ class AdapterFinetune(Method):
 
     def _update_buffer(self, ctx: RunContext, t: int) -> None:
         """Keep the first ``replay_per_class`` embeddings of each class of task t (a fixed, seedless choice)."""
-        x, names = mask_embeddings(ctx.module.base, ctx.dm.adapt_dataset(t), ctx.cfg.batch_size)
+        x, names = mask_embeddings(ctx.base, ctx.dm.adapt_dataset(t), ctx.cfg.batch_size)
         per_class = ctx.cfg.finetune.replay_per_class
         counts: dict[str, int] = {}
         for n in self.buffer[1]:
@@ -103,12 +109,30 @@ class AdapterFinetune(Method):
         import io
 
         buf = io.BytesIO()
-        torch.save({"adapter": ctx.module.adapter.state_dict(), "buffer_embeddings": self.buffer[0],
+        torch.save({"adapter": self._head.adapter.state_dict(), "buffer_embeddings": self.buffer[0],
                     "buffer_names": self.buffer[1]}, buf)
         atomic_write_bytes(self._state_path(ctx, step), buf.getvalue())
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
-        out = {"trainable_params": count_parameters(ctx.module.adapter)}
+        out = {"trainable_params": count_parameters(self._head.adapter)}
         if self.replay:
             out["replay_buffer"] = len(self.buffer[1])
         return out
+
+
+@METHODS.register("finetune")
+class Finetune(AdapterFinetune):
+    name = "finetune"
+    description = "sequential fine-tuning of a mask-embedding adapter (forgets)"
+
+
+@METHODS.register("replay")
+class Replay(AdapterFinetune):
+    name, replay = "replay", True
+    description = "fine-tuning with a small exemplar buffer of earlier tasks"
+
+
+@METHODS.register("joint")
+class Joint(AdapterFinetune):
+    name, joint = "joint", True
+    description = "fine-tuning on all tasks seen so far at once (upper bound of fine-tuning)"

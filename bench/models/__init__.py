@@ -1,5 +1,10 @@
 """Base open-vocabulary segmenters and memory embedders behind small interfaces, found by name.
 
+Bases (``base.kind``) and memory embedders (``embedder.kind``) are registry entries: a new one is a module in
+this package with ``@BASES.register("name")`` on a class built as ``Cls(name, pretrained, seed)`` (and a static
+``weights_identity`` with the same arguments), or ``@EMBEDDERS.register("name")`` on a factory
+``(base, name=, pretrained=, image_size=, seed=) -> backbone``.
+
 A *dense backbone* turns a batch of images into a feature map; everything else (mask pooling, retrieval, fusion)
 is shared. A *base segmenter* is a dense backbone whose features live in a joint space with text, so that a pooled
 mask feature can be classified against text embeddings of a vocabulary.
@@ -7,11 +12,12 @@ mask feature can be classified against text embeddings of a vocabulary.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from bench.errors import ConfigError
+from datamodules.registry import Registry
 
 
 class DenseBackbone(Protocol):
@@ -39,21 +45,21 @@ class BaseSegmenter(DenseBackbone, Protocol):
         ...
 
 
-def build_base(name: str, pretrained: str = "", seed: int = 0) -> BaseSegmenter:
-    from bench.models.clip import OpenClipBase
+BASES: Registry[Any] = Registry("base", "base.kind", ["bench.models"], ConfigError)
+EMBEDDERS: Registry[Any] = Registry("memory embedder", "embedder.kind", ["bench.models"], ConfigError)
 
-    return OpenClipBase(name, pretrained, seed)
+
+def build_base(name: str, pretrained: str = "", seed: int = 0, kind: str = "maskclip") -> BaseSegmenter:
+    """The registered base ``kind`` on model ``name`` with weights ``pretrained`` (``seed`` for random ones)."""
+    return BASES.get(kind)(name, pretrained, seed)
+
+
+def base_weights_identity(kind: str, name: str, pretrained: str = "", seed: int = 0) -> str:
+    """What a base's record names as its weights, without building it (to refuse a run folder made with others)."""
+    return BASES.get(kind).weights_identity(name, pretrained, seed)
 
 
 def build_embedder(kind: str, base: BaseSegmenter, name: str = "", pretrained: str = "",
                    image_size: int | None = None, seed: int = 0) -> DenseBackbone:
-    """The memory embedder: ``clip`` (the base model's visual tower) or ``dinov2`` (a timm DINOv2 ViT)."""
-    if kind == "clip":
-        from bench.models.clip import ClipVisualEmbedder
-
-        return ClipVisualEmbedder(base)
-    if kind == "dinov2":
-        from bench.models.dinov2 import Dinov2Embedder
-
-        return Dinov2Embedder(name or "vit_small_patch14_dinov2", pretrained, image_size, seed)
-    raise ConfigError(f"unknown embedder.kind {kind!r}; expected one of: clip, dinov2")
+    """The registered memory embedder ``kind`` (``clip``: the base model's visual tower; ``dinov2``: timm)."""
+    return EMBEDDERS.get(kind)(base, name=name, pretrained=pretrained, image_size=image_size, seed=seed)

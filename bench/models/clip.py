@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError
 from bench.io import atomic_write_bytes, cache_dir
+from bench.models import BASES, EMBEDDERS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -155,6 +156,7 @@ def weights_identity(name: str, pretrained: str = "", seed: int = 0) -> str:
     return f"open_clip:{name}/{weights}"
 
 
+@BASES.register("maskclip", "MaskCLIP: dense features of any open_clip ViT (value path of the last block)")
 class OpenClipBase(torch.nn.Module):
     """MaskCLIP dense features: the last block's value path (no query-key attention) mapped into the joint space.
 
@@ -181,6 +183,8 @@ class OpenClipBase(torch.nn.Module):
         self.identity = weights_identity(name, self.tag, seed)
         self._tokenizer = open_clip.get_tokenizer(name)
         self.requires_grad_(False)
+
+    weights_identity = staticmethod(weights_identity)
 
     # -- images -------------------------------------------------------------------------------------------------
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
@@ -268,6 +272,11 @@ class ClipVisualEmbedder(torch.nn.Module):
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.base.tokens(images, last_block="full")
         return _grid(tokens, grid)
+
+
+@EMBEDDERS.register("clip", "the base model's visual tower: last-layer patch tokens")
+def clip_embedder(base: OpenClipBase, **_: object) -> ClipVisualEmbedder:
+    return ClipVisualEmbedder(base)
 
 
 def _grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ import os
 import torch
 
 from bench.errors import ConfigError
+from bench.models import EMBEDDERS
 from bench.models.clip import resize_normalize
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))
@@ -59,3 +60,9 @@ class Dinov2Embedder(torch.nn.Module):
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
         grid = images.shape[-1] // self.patch
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+
+
+@EMBEDDERS.register("dinov2", "a DINOv2 ViT from timm (embedder.name; the kNN-CLIP paper's embedder)")
+def dinov2_embedder(base: object, name: str = "", pretrained: str = "", image_size: int | None = None,
+                    seed: int = 0) -> Dinov2Embedder:
+    return Dinov2Embedder(name or "vit_small_patch14_dinov2", pretrained, image_size, seed)

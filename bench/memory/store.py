@@ -1,27 +1,4 @@
-"""The kNN memory: instance embeddings with global class names, on a FAISS inner-product index.
-
-Labels are kept as global class *names*, so tasks whose vocabularies share a name (``person`` in two datasets)
-share entries. Embeddings are expected L2-normalised, so inner product is cosine similarity.
-
-Index kinds (:class:`IndexSpec`), all inner product, all behind the same :class:`Memory` interface:
-
-- ``flat``: exact search over fp32 vectors (``4·dim`` bytes per entry; also the buffer of the trained kinds).
-- ``flat-fp16``: exact scan over fp16 vectors (``2·dim`` bytes); scores differ from fp32 by about 1e-3.
-- ``ivf-flat``: ``nlist`` k-means lists of fp32 vectors; a query scans the ``nprobe`` nearest lists.
-- ``ivf-pq``: the same lists holding product-quantised residuals, ``pq_m`` bytes per entry.
-- ``hnsw``: an HNSW graph (``hnsw_m`` links per node) over fp32 vectors; ``ef_search`` trades speed for recall.
-
-``pca_dim > 0`` puts a PCA in front of any kind (embeddings re-normalised after the projection, so scores stay
-cosines in the projected space). Entry ids are ``0..len-1`` in insertion order, which is also the order every
-index kind numbers its vectors, so no id map is needed and restricted search selects ids directly.
-
-Training. IVF, PQ and PCA learn from data. A memory of such a kind starts as an exact fp32 *buffer*: entries
-added before ``train_size`` of them have arrived are kept and searched exactly. The ``add`` that reaches
-``train_size`` trains the index on everything buffered so far, moves it in, and from then on new entries are
-encoded with what was learned then. In a continual run the index is thus trained on the first task(s), never on
-the future; :meth:`Memory.train` trains on given vectors instead. Buffering rather than an error keeps small
-memories (the embedded sequence) exact until there is enough data to learn from.
-"""
+"""The memory itself: entries, training, restricted search, size and persistence (see :mod:`bench.memory`)."""
 
 from __future__ import annotations
 
@@ -29,153 +6,17 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from bench.errors import ConfigError, MemoryMismatchError
 from bench.io import atomic_dir
+from bench.memory.kinds import build_index
+from bench.memory.spec import GPU_MAX_K, HNSW_QUANTIZER_FROM, LABEL_BYTES, LEGACY_KINDS, IndexSpec
 
 FORMAT_VERSION = 2
-INDEX_KINDS = ("flat", "flat-fp16", "ivf-flat", "ivf-pq", "hnsw")
-LEGACY_KINDS = {"flat-ip": "flat"}  # names written by format 1
-LABEL_BYTES = 8  # int64 class code per entry, kept next to the index
-PQ_BITS = 8
-PQ_MAX_BYTES = 64  # automatic pq_m: the largest divisor of the dim up to this many one-byte sub-quantizers
-TRAIN_PER_LIST = 64  # automatic nlist: one list per this many training vectors
-HNSW_QUANTIZER_FROM = 1024  # IVF with this many lists or more finds its lists with an HNSW graph
-KMEANS_ITERATIONS, KMEANS_MAX_POINTS = 10, 64
-GPU_MAX_K = 2048  # the largest k FAISS GPU indexes search
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """How the memory indexes its embeddings. Structural fields fix what is stored; search fields do not."""
-
-    kind: str = "flat"
-    pca_dim: int = 0  # 0 = no PCA; else project to this many dims (trained) and re-normalise
-    nlist: int = 0  # IVF lists; 0 = one per 64 training vectors
-    pq_m: int = 0  # PQ bytes per entry (8-bit sub-quantizers); 0 = the largest divisor of the dim up to 64
-    hnsw_m: int = 32  # HNSW links per node
-    ef_construction: int = 40  # HNSW candidate list while building
-    train_size: int = 1024  # entries buffered (searched exactly) before a trained kind is trained
-    nprobe: int = 16  # IVF lists scanned per query
-    ef_search: int = 64  # HNSW candidate list while searching
-    gpu: bool = False  # move the index to GPU 0 (needs a GPU build of faiss; never falls back to CPU)
-
-    SEARCH_FIELDS: ClassVar[tuple[str, ...]] = ("nprobe", "ef_search", "gpu")
-
-    @classmethod
-    def from_config(cls, knn: Any) -> IndexSpec:
-        """From a :class:`bench.config.KnnConfig` (its ``index`` field is the kind)."""
-        values = {f.name: getattr(knn, f.name) for f in dataclasses.fields(cls) if hasattr(knn, f.name)}
-        return cls(**{**values, "kind": knn.index})
-
-    @property
-    def is_ivf(self) -> bool:
-        return self.kind in ("ivf-flat", "ivf-pq")
-
-    @property
-    def needs_training(self) -> bool:
-        return self.is_ivf or self.pca_dim > 0
-
-    def min_train(self) -> int:
-        """Fewest training vectors this spec can learn from."""
-        need = [1, self.pca_dim]
-        if self.is_ivf:
-            need.append(self.nlist)
-        if self.kind == "ivf-pq":
-            need.append(2 ** PQ_BITS)
-        return max(need)
-
-    def structure(self) -> dict[str, Any]:
-        """The fields that decide what a saved index holds, for this kind only (compared on load)."""
-        keys = ["kind", "pca_dim"]
-        keys += {"ivf-flat": ["nlist"], "ivf-pq": ["nlist", "pq_m"], "hnsw": ["hnsw_m", "ef_construction"]}.get(
-            self.kind, [])
-        if self.needs_training:
-            keys.append("train_size")
-        return {k: getattr(self, k) for k in keys}
-
-    def describe(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in self.structure().items() if k != "kind")
-        return f"{self.kind}({params})"
-
-    def check(self, dim: int) -> None:
-        """Raise :class:`ConfigError` naming the field when the spec cannot index ``dim``-dim embeddings."""
-        if self.kind not in INDEX_KINDS:
-            raise ConfigError(f"unknown memory index kind {self.kind!r} (knn.index); expected one of: "
-                              f"{', '.join(INDEX_KINDS)}")
-        positive = ("hnsw_m", "ef_construction", "train_size", "nprobe", "ef_search")
-        for name in ("pca_dim", "nlist", "pq_m", *positive):
-            value = getattr(self, name)
-            if value < (1 if name in positive else 0):
-                raise ConfigError(f"knn.{name} must be {'> 0' if name in positive else '>= 0'}, got {value}")
-        if self.pca_dim > dim:
-            raise ConfigError(f"knn.pca_dim {self.pca_dim} exceeds the embedding dim {dim}")
-        width = self.pca_dim or dim
-        if self.kind == "ivf-pq" and self.pq_m and width % self.pq_m:
-            raise ConfigError(f"knn.pq_m {self.pq_m} must divide the indexed dim {width} "
-                              f"({'knn.pca_dim' if self.pca_dim else 'embedding dim'})")
-        if self.needs_training and self.train_size < self.min_train():
-            raise ConfigError(f"knn.train_size {self.train_size} is too small for index {self.describe()}: "
-                              f"it needs at least {self.min_train()} training vectors")
-
-
-def auto_pq_m(width: int) -> int:
-    """The largest divisor of ``width`` up to 64: 64-byte codes for dims 64 to 768 (6 dims per byte at 384)."""
-    return max(m for m in range(1, min(width, PQ_MAX_BYTES) + 1) if width % m == 0)
-
-
-def _build_index(spec: IndexSpec, dim: int, n_train: int) -> tuple[Any, dict[str, int]]:
-    """An empty (untrained) FAISS index for the spec, and the parameters it resolved (nlist, pq_m)."""
-    import faiss
-
-    ip = faiss.METRIC_INNER_PRODUCT
-    width = spec.pca_dim or dim
-    resolved: dict[str, int] = {}
-    if spec.kind == "flat":
-        inner = faiss.IndexFlatIP(width)
-    elif spec.kind == "flat-fp16":
-        inner = faiss.IndexScalarQuantizer(width, faiss.ScalarQuantizer.QT_fp16, ip)
-    elif spec.kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(width, spec.hnsw_m, ip)
-        inner.hnsw.efConstruction = spec.ef_construction
-    else:
-        nlist = spec.nlist or max(1, n_train // TRAIN_PER_LIST)
-        resolved["nlist"] = nlist
-        if nlist >= HNSW_QUANTIZER_FROM:
-            # Assigning to thousands of lists exactly costs more than scanning them; a graph over the centroids
-            # finds the nearest lists in a few hundred distance computations.
-            quantizer = faiss.IndexHNSWFlat(width, 32, ip)
-        else:
-            quantizer = faiss.IndexFlatIP(width)
-        if spec.kind == "ivf-flat":
-            inner = faiss.IndexIVFFlat(quantizer, width, nlist, ip)
-        else:
-            m = spec.pq_m or auto_pq_m(width)
-            resolved["pq_m"] = m
-            inner = faiss.IndexIVFPQ(quantizer, width, nlist, m, PQ_BITS, ip)
-            _quick_kmeans(inner.pq.cp)
-        _quick_kmeans(inner.cp)
-    if not spec.pca_dim:
-        return inner, resolved
-    index = faiss.IndexPreTransform(inner)
-    index.prepend_transform(faiss.NormalizationTransform(width, 2.0))
-    # PCA orders dims by variance; a rotation after it spreads the variance evenly over the PQ sub-quantizers.
-    index.prepend_transform(faiss.PCAMatrix(dim, width, 0.0, spec.kind == "ivf-pq"))
-    return index, resolved
-
-
-def _quick_kmeans(cp: Any) -> None:
-    """Fewer k-means iterations and samples than FAISS's defaults (25, 256 per centroid): list assignment and
-    codebooks hardly change after 10, and training stays within minutes for a million entries on two cores.
-    ``min_points_per_centroid`` only silences FAISS's notice; ``IndexSpec.check`` guards the training size."""
-    cp.niter = KMEANS_ITERATIONS
-    cp.max_points_per_centroid = KMEANS_MAX_POINTS
-    cp.min_points_per_centroid = 1
 
 
 def index_bytes(index: Any) -> int:
@@ -226,7 +67,7 @@ class Memory:
         self.trained = not spec.needs_training
         self.resolved: dict[str, int] = {}
         if self.trained:
-            index_, self.resolved = _build_index(spec, dim, 0)
+            index_, self.resolved = build_index(spec, dim, 0)
             self.index = self._place(index_)
         else:
             self.index = faiss.IndexFlatIP(dim)  # the exact buffer until train_size entries have arrived
@@ -306,7 +147,7 @@ class Memory:
         if len(train) < self.spec.min_train():
             raise ValueError(f"memory index {self.spec.describe()} needs at least {self.spec.min_train()} "
                              f"training vectors, got {len(train)}")
-        index, resolved = _build_index(self.spec, self.dim, len(train))
+        index, resolved = build_index(self.spec, self.dim, len(train))
         index.train(train)
         index.add(entries)
         self.index, self.resolved, self.trained = self._place(index), resolved, True

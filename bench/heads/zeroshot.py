@@ -1,0 +1,42 @@
+"""The base model alone: cosine of each pooled proposal feature with the text embeddings of the vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bench.models import BaseSegmenter, DenseBackbone
+from bench.pooling import pool_features
+from datamodules.vocabulary import Vocabulary
+
+
+class ZeroShotHead(torch.nn.Module):
+    """``softmax(logit_scale · cos(pooled base feature, text embedding))`` over the vocabulary's classes."""
+
+    def __init__(self, base: BaseSegmenter) -> None:
+        super().__init__()
+        self.base = base
+        self.embedder: DenseBackbone | None = None  # a head that retrieves sets its memory embedder
+        self.vocabularies: list[Vocabulary] = []
+        self.text: list[torch.Tensor] = []
+
+    def begin(self, vocabularies: Sequence[Vocabulary]) -> None:
+        """Prepare an evaluation of these vocabularies (``task`` below indexes them)."""
+        self.vocabularies = list(vocabularies)
+        self.text = [self.base.text_embeddings(list(v.classes)) for v in self.vocabularies]
+
+    def pooled(self, label_map: torch.Tensor, base_feats: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float ``Q×D`` base features of the proposals (``Q`` = largest label)."""
+        num = int(label_map.max()) if label_map.numel() else 0
+        return F.normalize(pool_features(base_feats, label_map, num), dim=1)
+
+    def text_probabilities(self, pooled: torch.Tensor, task: int) -> torch.Tensor:
+        return torch.softmax(self.base.logit_scale * pooled @ self.text[task].T.to(pooled), dim=1)
+
+    def forward(self, label_map: torch.Tensor, base_feats: torch.Tensor, memory_feats: torch.Tensor | None,
+                task: int) -> torch.Tensor:
+        """label_map: int64 ``H×W`` (0 = uncovered); base_feats: float ``D×h×w``; memory_feats: float
+        ``E×h'×w'`` or None. Returns float ``Q×C``, rows summing to 1."""
+        return self.text_probabilities(self.pooled(label_map, base_feats), task)

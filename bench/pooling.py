@@ -1,0 +1,24 @@
+"""Mask pooling: the mean of a dense feature map inside each region of a label map."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pool_features(features: torch.Tensor, label_map: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """Average a feature map inside each region of a label map.
+
+    features: float ``D×h×w`` (any grid); label_map: int64 ``H×W`` at image size, values 0..num_regions.
+    Returns float ``num_regions×D``: row ``k-1`` is the mean feature of region ``k``, each pixel of the region
+    voting for the grid cell it falls in (exact area weights when H, W are multiples of h, w). A region with no
+    pixels gets a zero row.
+    """
+    d, h, w = features.shape
+    H, W = label_map.shape
+    rows = (torch.arange(H, device=label_map.device) * h // H).view(H, 1)
+    cols = (torch.arange(W, device=label_map.device) * w // W).view(1, W)
+    cell = (rows * w + cols).expand(H, W)
+    counts = torch.bincount((label_map * (h * w) + cell).flatten(), minlength=(num_regions + 1) * h * w)
+    weights = counts.view(num_regions + 1, h * w)[1:].to(features.dtype)
+    pooled = weights @ features.reshape(d, h * w).T
+    return pooled / weights.sum(1, keepdim=True).clamp_min(1)
