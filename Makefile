@@ -13,8 +13,11 @@ OVERRIDES := $(MAKEOVERRIDES)
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: SEQ=<name|file.yaml> METHOD=knn|zeroshot|finetune|replay|joint MODEL=<open_clip name> PRETRAINED=<tag>"
-	@echo "             DATA_ROOT=<dir>, and any config key, e.g. knn.k=32 proposals.kind=gt"
+	@echo "  variables: SEQ=<name|file.yaml> METHOD=<method> BASE=<base> EMBEDDER=<embedder> PROPOSALS=<proposer>"
+	@echo "             MODEL=<open_clip name> PRETRAINED=<tag> DATA_ROOT=<dir>, and any config key, e.g. knn.k=32"
+	@if test -f $(STAMP); then echo "  choices (from the registries; python -m bench list describes each):"; \
+	  $(PY) -m bench run --help | sed -n '/^choices/,$$p' | tail -n +2; \
+	else echo "  (make install, then make help lists the methods, bases, proposers, ... from the registries)"; fi
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }

@@ -7,9 +7,10 @@ to learn which tests call which function, then runs, for each mutant of a target
 wall limit from ``timeout_multiplier``/``timeout_constant`` in pyproject.toml's ``[tool.mutmut]``).
 
 What is mutated is :data:`TARGETS`, and only there: a source file (or glob) and the functions of it to mutate
-(``"function"`` or ``"Class.method"``), or ``None`` for every function of the file. When a module is split
-(``bench/module.py`` into heads, say), replace its entry by the new files, e.g. ``"bench/heads/*.py": None``;
-``--only`` runs a subset while working on one module (the JSON then covers that subset only).
+(``"function"`` or ``"Class.method"``), or ``None`` for every function of the file. When a module is split or
+moved, replace its entry by the new files (a glob such as ``"bench/heads/*.py": None`` takes a whole package); a
+pattern that matches no file stops the run. ``--only`` runs a subset while working on one module (the JSON then
+covers that subset only).
 
 Mutants that no test can tell apart from the original (equivalent mutants) are listed with the reason in
 benchmarks/mutation_equivalent.json, each by module, function and the changed lines (not mutmut's number, which
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import glob
 import json
 import os
@@ -47,9 +49,13 @@ EQUIVALENT = REPO / "benchmarks" / "mutation_equivalent.json"
 TARGETS: dict[str, tuple[str, ...] | None] = {
     "bench/metrics/*.py": None,  # mIoU and PQ: pure functions and their Metric shells
     "bench/fusion.py": None,  # retrieval distribution and its fusion with the base model's
-    # the search path only: the rest (index kinds, training, persistence) is what perf and test_memory_kinds cover
-    "bench/memory.py": ("Memory.search", "Memory._params", "Memory._selector", "Memory.label_codes"),
-    "bench/module.py": None,  # adapt / evaluate wiring of the LightningModule
+    # the search path only: index kinds, training and persistence are what perf and test_memory_kinds cover
+    "bench/memory/store.py": ("Memory.search", "Memory._params", "Memory._search_gpu", "Memory._selector",
+                              "Memory.label_codes"),
+    "bench/module.py": None,  # evaluation wiring: features, proposals, head, metrics
+    "bench/heads/*.py": None,  # zero-shot, kNN and adapter heads
+    "bench/methods/knn.py": ("MemoryWriter.__init__", "MemoryWriter.predict_step", "MemoryWriter._add",
+                             "MemoryWriter.on_predict_epoch_end"),  # the adapt pass that fills the memory
     "bench/continual.py": None,  # result-matrix summaries
     "bench/run.py": ("_summarize", "_record_pq"),  # the summaries a record holds
     "bench/baselines/methods.py": ("AdapterFinetune._training_data", "AdapterFinetune._update_buffer"),
@@ -90,7 +96,7 @@ def patterns(files: dict[str, tuple[str, ...] | None]) -> list[str]:
     out = []
     for path, functions in files.items():
         module = module_of(path)
-        out += [f"{module}.*"] if functions is None else [f"{module}.{mangled(f)}__mutmut_*" for f in functions]
+        out += [f"{module}.x*"] if functions is None else [f"{module}.{mangled(f)}__mutmut_*" for f in functions]
     return out
 
 
@@ -157,6 +163,15 @@ def run_mutmut(files: dict[str, tuple[str, ...] | None], max_children: int, max_
         print(f"    {len(slow)} tests over {max_test_s} s left out of the per-mutant runs: {sorted(slow)}")
         return collect(**kwargs)
 
+    # The fork server has imported torch and collected every test: freeze that heap so that the workers' garbage
+    # collections neither scan it nor copy its pages.
+    warm_up = PytestRunner.warm_up
+
+    def warm_up_and_freeze(self: PytestRunner) -> None:
+        warm_up(self)
+        gc.freeze()
+
+    PytestRunner.warm_up = warm_up_and_freeze
     PytestRunner.execute_pytest = execute_timing_setup
     PytestRunner._pytest_args_regular_run = fastest_first
     mutmut_main.collect_source_file_mutation_data = collect_fast_tests_only

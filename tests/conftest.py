@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("BENCH_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache"))
 
 
-import pytest  # noqa: E402
+import pytest
 
 # A run shrunk to seconds: the fast sequence, a few images per split, no progress bars, no W&B.
 SMALL_RUN = ("SEQ=synth", "adapt_limit=16", "eval_limit=6", "progress=false", "wandb=false")

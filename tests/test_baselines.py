@@ -91,43 +91,35 @@ def test_records_report_trainable_parameters_and_adapt_time(records):
     assert samples["joint"] == [sum(sizes[: t + 1]) for t in range(3)]
 
 
-def _knn_module():
-    from bench.config import KnnConfig
-    from bench.memory import Memory
-    from bench.models import build_base, build_embedder
-    from bench.module import ContinualSegmenter
-    from bench.proposals import build_proposer
-
-    base = build_base("tiny-random")
-    embedder = build_embedder("clip", base)
-    return ContinualSegmenter(base, build_proposer("gt"), embedder, Memory(embedder.dim, embedder.identity),
-                              KnnConfig())
-
-
 def test_knn_adapt_changes_no_parameter_and_builds_no_graph(tmp_path):
     import lightning as L
 
+    from bench.memory import Memory
+    from bench.methods.knn import MemoryWriter
+    from bench.models import build_base, build_embedder
     from datamodules import SequenceDataModule
     from datamodules.sequence import load_sequence
 
-    module = _knn_module()
+    base = build_base("tiny-random")
+    embedder = build_embedder("clip", base)
     spec = load_sequence("synth")
     dm = SequenceDataModule(spec, adapt_limit=8)
-    before = {k: v.clone() for k, v in module.state_dict().items()}
+    memory = Memory(embedder.dim, embedder.identity)
+    writer = MemoryWriter(embedder, memory, spec.tasks[0].vocabulary)
+    before = {k: v.clone() for k, v in writer.state_dict().items()}
     seen = {}
-    original = module.memory.add
+    original = memory.add
 
     def spy(embeddings, names):
         seen["grad_enabled"] = torch.is_grad_enabled()
         return original(embeddings, names)
 
-    module.memory.add = spy
-    module.begin_adapt(spec.tasks[0].vocabulary)
-    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(module, datamodule=dm)
-    assert len(module.memory) > 0 and seen["grad_enabled"] is False
-    after = module.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not p.requires_grad for p in module.parameters())
+    memory.add = spy
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(writer, datamodule=dm)
+    assert len(memory) > 0 and seen["grad_enabled"] is False
+    after = writer.state_dict()
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in writer.parameters())
 
 
 def test_finetune_changes_the_adapter(tmp_path):

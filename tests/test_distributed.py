@@ -50,7 +50,7 @@ def test_two_process_ddp_run_writes_the_record_of_one_process(tmp_path: Path) ->
     from bench.run import build_config, run
 
     cfg, spec = build_config([*ARGS, f"output_dir={tmp_path / 'one'}"])
-    one = run(cfg, spec)
+    one = run(cfg, spec).to_json()  # as record.json holds it, like the subprocess's record
     two = _run_subprocess(tmp_path / "two", "DEVICES=2")
 
     assert two["config"]["devices"] == 2 and one["config"]["devices"] == 1
