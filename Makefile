@@ -1,12 +1,15 @@
 # kNN-CLIP continual segmentation benchmark. `make help` lists the targets.
-# Every NAME=value given on the command line (SEQ, METHOD, MODEL, knn.k, ...) is passed on to `python -m bench`.
+# Every NAME=value given on the command line (SEQ, METHOD, MODEL, knn.k, ...) is passed on to `python -m bench`,
+# except this Makefile's own variables (MAKE_VARS: PYTHON=, QUICK=, ...), which only make reads; any other name
+# reaches the run, so a misspelt key is an error there (with a suggestion), never silently dropped.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TOKENIZERS_PARALLELISM := false
-OVERRIDES := $(MAKEOVERRIDES)
+MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGRESS_RUNS
+OVERRIDES := $(filter-out $(foreach v,$(MAKE_VARS),$(v)=% $(v):=% $(v)::=%),$(MAKEOVERRIDES))
 
 .DEFAULT_GOAL := help
 .PHONY: help install bench compare report reference regress perf mutate test test-all lint clean

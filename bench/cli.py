@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.errors import ConfigError, MemoryMismatchError
+from bench.errors import ConfigError, DamagedStateError, MemoryMismatchError, RunInUseError, WeightsUnavailable
 from bench.evaluate import add_eval_commands
 
 
@@ -15,7 +15,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.run import build_config, run
 
     cfg, spec = build_config(args.overrides)
-    run(cfg, spec)
+    run(cfg, spec, recompute_from=args.recompute_from)
     return 0
 
 
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sequence: key=value overrides, e.g. SEQ=synth METHOD=knn knn.k=32")
     p.__class__ = _RunParser
     p.add_argument("overrides", nargs="*", help="key=value (SEQ, METHOD, MODEL, PRETRAINED, knn.k, ...)")
+    p.add_argument("--recompute-from", type=int, metavar="T",
+                   help="delete the saved state and record rows of steps >= T and resume from step T-1's state")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("compare", help="run every method on a sequence (reusing finished runs), one table",
                        description="Same overrides as run, applied to every method: SEQ=synth adapt_limit=20")
@@ -159,6 +161,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, MemoryMismatchError, FileNotFoundError, ValueError) as e:
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, MemoryMismatchError, DamagedStateError, RunInUseError, WeightsUnavailable,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a full disk, a folder where a file should be: one line naming the path
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(e: OSError) -> str:
+    """``<what> <path>: <reason>`` (``what`` from :func:`bench.io.os_error`), or the message as raised."""
+    if e.filename is None or not e.strerror:
+        return str(e)
+    action = getattr(e, "action", "")
+    return f"{action + ' ' if action else ''}{e.filename}: {e.strerror}"

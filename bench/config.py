@@ -1,77 +1,97 @@
-"""Typed run configuration: dataclass defaults < the sequence YAML's ``defaults`` < command-line overrides."""
+"""Typed run configuration: dataclass defaults < the sequence YAML's ``defaults`` < command-line overrides.
+
+Every setting is checked where it enters (``set_value``), and the whole configuration once more before a run
+starts (``validate``); an error is one line naming where the value came from, the key and what was expected.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import field, fields
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from bench.errors import ConfigError
-from bench.memory.spec import RUN_INDEX
+from bench.memory.spec import KNOB_MIN, RUN_INDEX
+
+# Pydantic dataclasses: one declaration per setting gives its type, its range, finite floats only
+# (allow_inf_nan=False) and no unknown names (extra="forbid"), checked on construction and on every assignment
+# (validate_assignment), so a bad value stops where it enters, before any model loads or run folder is made.
+# They are still dataclasses: dataclasses.replace / asdict / fields, to_dict and config_hash work as before.
+_CHECKED = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+AtLeastOne = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # outside this, Lightning's seed_everything swaps in another seed
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class ModelConfig:
     name: str = "tiny-random"  # an open_clip model name or a suite config
     pretrained: str = ""  # open_clip pretrained tag; empty = the model's default weights
-    seed: int = 0  # weights of random-init models
+    seed: Seed = 0  # weights of random-init models
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class BaseConfig:
     kind: str = "maskclip"  # the base segmenter (bench.models registry; python -m bench list)
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class EmbedderConfig:
     kind: str = "clip"  # bench.models registry: clip (the base model's visual tower) or dinov2 (timm)
     name: str = "vit_small_patch14_dinov2"  # for dinov2 (dinov2-tiny-random in tests)
-    image_size: int = 0  # 0 = the embedder's default
+    image_size: NonNegative = 0  # 0 = the embedder's default
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class ProposalConfig:
     kind: str = "superpixel"  # bench.proposals registry: gt (oracle) or superpixel (SLIC)
-    n_segments: int = 64
-    compactness: float = 10.0
+    n_segments: AtLeastOne = 64
+    compactness: Annotated[float, Field(ge=0)] = 10.0
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class KnnConfig:
-    k: int = 16  # neighbours per proposal
-    temperature: float = 0.05  # softmax temperature of the similarity-weighted votes
+    k: AtLeastOne = 16  # neighbours per proposal
+    temperature: Positive = 0.05  # softmax temperature of the similarity-weighted votes
     threshold: float = 0.5  # T: retrieval is used where the best cosine similarity exceeds it
-    lam: float = 0.5  # λ: weight of the retrieval distribution where it is used
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.5  # λ: weight of the retrieval distribution where it is used
     # The memory's index: the kind (registered in bench.memory.kinds) and its knobs, defaults from
-    # bench.memory.RUN_INDEX (exact until 65,536 entries, then 4096 IVF lists, 8 probed; see the README).
+    # bench.memory.RUN_INDEX (exact until 65,536 entries, then 4096 IVF lists, 8 probed; see the README) and
+    # least values from bench.memory.spec.KNOB_MIN (IndexSpec.check applies the same ones).
     index: str = RUN_INDEX.kind
-    pca_dim: int = RUN_INDEX.pca_dim  # 0 = no PCA; else project to this many dims before indexing (trained)
-    nlist: int = RUN_INDEX.nlist  # IVF lists; 0 = one per 64 training vectors
-    pq_m: int = RUN_INDEX.pq_m  # ivf-pq bytes per entry; 0 = the largest divisor of the dim up to 64
-    hnsw_m: int = RUN_INDEX.hnsw_m  # HNSW links per node
-    ef_construction: int = RUN_INDEX.ef_construction  # HNSW build-time candidate list
-    train_size: int = RUN_INDEX.train_size  # IVF/PQ/PCA: entries kept exact (flat) until the index trains on them
-    nprobe: int = RUN_INDEX.nprobe  # IVF lists scanned per query
-    ef_search: int = RUN_INDEX.ef_search  # HNSW search-time candidate list
+    pca_dim: Annotated[int, Field(ge=KNOB_MIN["pca_dim"])] = RUN_INDEX.pca_dim  # 0 = no PCA; else project first
+    nlist: Annotated[int, Field(ge=KNOB_MIN["nlist"])] = RUN_INDEX.nlist  # IVF lists; 0 = one per 64 vectors
+    pq_m: Annotated[int, Field(ge=KNOB_MIN["pq_m"])] = RUN_INDEX.pq_m  # ivf-pq bytes per entry; 0 = automatic
+    hnsw_m: Annotated[int, Field(ge=KNOB_MIN["hnsw_m"])] = RUN_INDEX.hnsw_m  # HNSW links per node
+    ef_construction: Annotated[int, Field(ge=KNOB_MIN["ef_construction"])] = RUN_INDEX.ef_construction
+    # IVF/PQ/PCA: entries kept exact (flat) until the index trains on them
+    train_size: Annotated[int, Field(ge=KNOB_MIN["train_size"])] = RUN_INDEX.train_size
+    nprobe: Annotated[int, Field(ge=KNOB_MIN["nprobe"])] = RUN_INDEX.nprobe  # IVF lists scanned per query
+    ef_search: Annotated[int, Field(ge=KNOB_MIN["ef_search"])] = RUN_INDEX.ef_search  # HNSW search candidates
     gpu: bool = RUN_INDEX.gpu  # index on GPU 0; needs a GPU build of faiss (an error otherwise, never a CPU fallback)
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class FinetuneConfig:
     """Fine-tuning baselines (finetune, replay, joint): the adapter's optimiser and the replay buffer."""
 
-    epochs: int = 30
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    replay_per_class: int = 10  # exemplars kept per class of each earlier task (replay only)
+    epochs: AtLeastOne = 30
+    lr: Positive = 1e-2
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: AtLeastOne = 64
+    replay_per_class: NonNegative = 10  # exemplars kept per class of each earlier task (replay only)
 
 
-@dataclass
+@dataclass(config=_CHECKED)
 class RunConfig:
     sequence: str = "synth-shift"  # the embedded default (tiny-clip-synth); "synth" (tiny-random) is the fast one
     method: str = "knn"
@@ -81,17 +101,17 @@ class RunConfig:
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    seed: int = 0
-    batch_size: int = 8
-    num_workers: int = 0
+    seed: Seed = 0
+    batch_size: AtLeastOne = 8
+    num_workers: NonNegative = 0
     data_root: str = "data"
-    adapt_limit: int = 0  # 0 = the sequence's own limits; n = at most n adapt images per task
-    eval_limit: int = 0
+    adapt_limit: NonNegative = 0  # 0 = the sequence's own limits; n = at most n adapt images per task
+    eval_limit: NonNegative = 0
     # Where and how to run; these never change results, so they are left out of the run id.
     output_dir: str = "results/runs"
     run_id: str = ""  # empty = derived from the model and a hash of the config
-    max_steps: int = 0  # 0 = all; n = stop after n steps (resume later with the same command)
-    devices: int = 1  # n > 1: n processes on this machine (CPU DDP over gloo); knn and zeroshot only
+    max_steps: NonNegative = 0  # 0 = all; n = stop after n steps (resume later with the same command)
+    devices: AtLeastOne = 1  # n > 1: n processes on this machine (CPU DDP over gloo); knn and zeroshot only
     progress: bool = True
     wandb: bool = True  # W&B logging (online with a login, offline without); CSV logs are always written
     wandb_memory: bool = False  # upload the final memory as a W&B artifact (knn)
@@ -103,6 +123,7 @@ ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRA
            "SEED": "seed", "RUN_ID": "run_id", "DEVICES": "devices"}
 RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory",
                  "devices")
+_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
 
 
 def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -113,45 +134,100 @@ def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def set_value(cfg: RunConfig, key: str, raw: Any) -> None:
-    """Set a dotted key (``knn.k``) from a string or YAML value, converted to the field's type."""
-    key = ALIASES.get(key, key)
+def _resolve(cfg: RunConfig, key: str) -> tuple[Any, str] | None:
+    """The config object holding ``key``'s last part, and that part; None when a part is not a field."""
     *path, leaf = key.split(".")
-    target = cfg
+    target: Any = cfg
     for part in path:
-        target = getattr(target, part, None)
-        if not dataclasses.is_dataclass(target):
-            break
-    names = {f.name: f for f in fields(target)} if dataclasses.is_dataclass(target) else {}
-    if leaf not in names or dataclasses.is_dataclass(getattr(target, leaf)):
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_leaf_keys(cfg))} "
-                          f"(and {', '.join(ALIASES)})")
-    current = getattr(target, leaf)
-    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-    if value is None:
-        value = ""
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in fields(target)}:
+            return None
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in fields(target)}:
+        return None
+    return target, leaf
+
+
+def _is_group(cfg: RunConfig, key: str) -> bool:
+    found = _resolve(cfg, key)
+    return found is not None and dataclasses.is_dataclass(getattr(*found))
+
+
+def _expected(cls: type, name: str) -> str:
+    """What a field takes, from its declaration: 'an integer >= 1', 'a finite number in [0, 1]'."""
+    info = cls.__pydantic_fields__[name]
+    bound = {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    low = f"[{bound['ge']}" if "ge" in bound else f"({bound['gt']}" if "gt" in bound else None
+    high = f"{bound['le']}]" if "le" in bound else f"{bound['lt']})" if "lt" in bound else None
+    if low and high:
+        span = f" in {low}, {high}"
+    elif low:
+        span = f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
+    else:
+        span = f" {'<=' if high and high[-1] == ']' else '<'} {high[:-1]}" if high else ""
+    return _KINDS.get(info.annotation, str(info.annotation)) + span
+
+
+def _unknown_key(cfg: RunConfig, key: str, label: str) -> ConfigError:
+    known = _leaf_keys(cfg) + list(ALIASES)
+    groups = [f.name for f in fields(cfg) if _is_group(cfg, f.name)]  # knnn: {k: 3} in a YAML finds knn
+    lowered = {k.lower(): k for k in known + groups}  # seq=synth finds SEQ
+    close = difflib.get_close_matches(key.lower(), lowered, n=1)
+    hint = f"did you mean {lowered[close[0]]!r}?" if close else f"expected one of: {', '.join(known)}"
+    return ConfigError(f"{label}: unknown key; {hint}")
+
+
+def set_value(cfg: RunConfig, key: str, raw: Any, label: str | None = None) -> None:
+    """Set a dotted key (``knn.k``, or an alias such as ``SEQ``) from a string or YAML value, checked against the
+    field's type and range. ``label`` says where the value came from in errors (default: the key)."""
+    label = label or key
+    name = ALIASES.get(key, key)
+    found = _resolve(cfg, name)
+    if found is None:
+        raise _unknown_key(cfg, name, label)
+    target, leaf = found
+    if dataclasses.is_dataclass(getattr(target, leaf)):
+        keys = [k for k in _leaf_keys(cfg) if k.startswith(f"{name}.")]
+        raise ConfigError(f"{label}: is a group of settings, not one; set one of {', '.join(keys)}")
     try:
-        if isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise ValueError
-        elif isinstance(current, (int, float)):
-            if isinstance(value, bool) or (isinstance(current, int) and float(value) != int(value)):
-                raise ValueError
-            value = type(current)(value)
-        else:
-            value = str(raw if isinstance(raw, str) else value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r} expects a {type(current).__name__}, got {raw!r}") from None
-    setattr(target, leaf, value)
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    except yaml.YAMLError:
+        value = raw
+    kind = type(target).__pydantic_fields__[leaf].annotation
+    wrong = f"{label}: must be {_expected(type(target), leaf)}, got {raw!r}"
+    if kind is str and not isinstance(value, (dict, list)):
+        value = "" if value is None else str(raw if isinstance(raw, str) else value)
+    elif isinstance(value, bool) != (kind is bool):  # only true/false for a switch, never as a number
+        raise ConfigError(wrong)
+    try:
+        setattr(target, leaf, value)
+    except ValidationError:
+        raise ConfigError(wrong) from None
 
 
-def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested mapping (as written in a sequence YAML's ``defaults``)."""
+def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "", where: str = "") -> None:
+    """Apply a nested mapping (as written in a sequence YAML's ``defaults``). ``where`` names the mapping in
+    errors, e.g. ``tasks/my.yaml: defaults`` gives ``tasks/my.yaml: defaults.knn.lam: ...``."""
     for key, value in mapping.items():
-        if isinstance(value, dict):
-            apply_mapping(cfg, value, f"{prefix}{key}.")
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and _is_group(cfg, path):
+            apply_mapping(cfg, value, f"{path}.", where)
         else:
-            set_value(cfg, prefix + key, value)
+            set_value(cfg, path, value, f"{where}.{path}" if where else path)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every setting once more (a value may have been set around ``set_value``); raise a one-line
+    :class:`ConfigError` naming the first bad key."""
+    try:
+        RunConfig.__pydantic_validator__.validate_python(to_dict(cfg))
+    except ValidationError as e:
+        loc = [str(p) for p in e.errors()[0]["loc"]]
+        owner: Any = cfg
+        for part in loc[:-1]:
+            owner = getattr(owner, part)
+        raise ConfigError(f"config: {'.'.join(loc)}: must be {_expected(type(owner), loc[-1])}, "
+                          f"got {e.errors()[0]['input']!r}") from None
+    return cfg
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -23,10 +23,19 @@ def panoptic_json(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_out(out: str | None) -> None:
+    """An ``--out`` that is a folder or cannot be written is refused before any scoring."""
+    if out:
+        from bench.io import check_writable
+
+        check_writable(out, "--out")
+
+
 def _cmd_panoptic(args: argparse.Namespace) -> int:
     from bench.io import atomic_write_json
     from bench.scoring import evaluate_panoptic, format_pq_table
 
+    _check_out(args.out)
     result = evaluate_panoptic(Path(args.gt_json), Path(args.gt_dir), Path(args.pred_json), Path(args.pred_dir),
                                progress=not args.quiet)
     if args.out:
@@ -40,9 +49,16 @@ def _pct(v: float | None) -> str:
 
 
 def _cmd_semantic(args: argparse.Namespace) -> int:
+    from bench.errors import ConfigError
     from bench.io import atomic_write_json
     from bench.scoring import evaluate_semantic
 
+    if 0 <= args.ignore_index < args.num_classes:
+        last = args.num_classes - 1
+        raise ConfigError(f"--ignore-index {args.ignore_index} is class {args.ignore_index} of the {args.num_classes} "
+                          f"classes (--num-classes {args.num_classes}: ids 0..{last}); its pixels would not be "
+                          f"scored. Give the id of unlabelled pixels, outside 0..{last} (default {PNG_IGNORE})")
+    _check_out(args.out)
     result = evaluate_semantic(Path(args.gt_dir), Path(args.pred_dir), args.num_classes, args.ignore_index,
                                progress=not args.quiet)
     if args.out:

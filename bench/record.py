@@ -91,6 +91,10 @@ class RunRecord(_Model):
     state_size: list[dict[str, int]] = []  # per step: what the method keeps
     config: dict[str, Any] = {}
     config_hash: str | None = None
+    # The sequence content the run was made from (datamodules.sequence: SequenceSpec.content_hash, per task
+    # TaskSpec.content), so that a run folder is never resumed with other classes, splits or tasks.
+    sequence_hash: str | None = None
+    sequence_content: dict[str, dict[str, str]] | None = None
     seed: int | None = None
     versions: dict[str, str] = {}
     git_commit: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import time
@@ -12,37 +13,59 @@ from typing import Any
 
 import torch
 
-from bench import continual
-from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict
+from bench import continual, resume
+from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict, validate
 from bench.distributed import barrier, is_rank_zero
-from bench.errors import ConfigError
-from bench.io import atomic_write_json, atomic_write_text
+from bench.errors import ConfigError, DamagedStateError
+from bench.io import atomic_write_json, atomic_write_text, write_sidecar
 from bench.methods import Method, RunContext, get_method, methods
 from bench.record import RunRecord, Summary, load_record
 from bench.results import format_matrix, git_commit, package_versions
-from datamodules.sequence import SequenceSpec, load_sequence
+from datamodules.check import preflight
+from datamodules.sequence import SequenceSpec, content_changes, load_sequence
+from datamodules.sequence_schema import safe_folder_name
 
 log = logging.getLogger("bench")
 
 
 def build_config(args: list[str]) -> tuple[RunConfig, SequenceSpec]:
-    """Defaults, then the sequence YAML's ``defaults``, then ``key=value`` arguments."""
+    """Defaults, then the sequence YAML's ``defaults``, then ``key=value`` arguments; every value is checked
+    where it enters (errors name the command-line key or the YAML file and field) and the whole config again
+    at the end, before any model loads or run folder is made."""
+    from bench.memory import INDEX_KINDS
+
     overrides = parse_overrides(args)
     cfg = RunConfig()
     for key in ("SEQ", "sequence"):
         if key in overrides:
-            set_value(cfg, key, overrides[key])
+            set_value(cfg, key, overrides[key], f"command line: {key}")
     spec = load_sequence(cfg.sequence)
-    apply_mapping(cfg, spec.defaults)
+    try:  # as the user would type it
+        shown = spec.path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = spec.path
+    apply_mapping(cfg, spec.defaults, where=f"{shown}: defaults")
     for key, value in overrides.items():
-        set_value(cfg, key, value)
+        set_value(cfg, key, value, f"command line: {key}")
+    validate(cfg)
     get_method(cfg.method)
+    INDEX_KINDS.get(cfg.knn.index)  # an unknown kind stops here rather than at the first memory
     return cfg, spec
 
 
+def default_run_id(cfg: RunConfig, spec: SequenceSpec) -> str:
+    """The model name and a hash of the config and of the sequence's content (its tasks, classes, splits and
+    vocabularies, :meth:`SequenceSpec.content_hash`): editing the sequence YAML starts another run."""
+    key = hashlib.sha1(f"{config_hash(cfg)}:{spec.content_hash()}".encode()).hexdigest()[:10]
+    return f"{safe_folder_name(cfg.model.name)}-{key}"
+
+
 def run_dir(cfg: RunConfig, spec: SequenceSpec) -> Path:
-    run_id = cfg.run_id or f"{cfg.model.name}-{config_hash(cfg)}"
-    return Path(cfg.output_dir) / spec.name / cfg.method / run_id
+    """``<output_dir>/<sequence>/<method>/<run id>``; ``RUN_ID=`` names the last folder, one path component."""
+    if cfg.run_id and safe_folder_name(cfg.run_id) != cfg.run_id:
+        raise ConfigError(f"command line: RUN_ID must be one folder name (letters, digits, '.', '_', '+', '-'; "
+                          f"no path separator, not starting with '.'), got {cfg.run_id!r}")
+    return Path(cfg.output_dir) / safe_folder_name(spec.name) / cfg.method / (cfg.run_id or default_run_id(cfg, spec))
 
 
 def _percent(x: torch.Tensor) -> float | None:
@@ -50,9 +73,28 @@ def _percent(x: torch.Tensor) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
+def _checkpoint(checkpoint_dir: Path) -> Any:
+    """Lightning's checkpoint of every epoch, each file followed by its ``.sha256`` (checked before resuming)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class ChecksummedCheckpoint(ModelCheckpoint):
+        def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+            Path(filepath + ".sha256").unlink(missing_ok=True)
+            super()._save_checkpoint(trainer, filepath)
+            if trainer.is_global_zero:
+                write_sidecar(filepath)
+
+        def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
+            super()._remove_checkpoint(trainer, filepath)
+            if trainer.is_global_zero:
+                Path(filepath + ".sha256").unlink(missing_ok=True)
+
+    return ChecksummedCheckpoint(dirpath=checkpoint_dir, save_last="link", save_top_k=1, every_n_epochs=1,
+                                 enable_version_counter=False, save_on_train_epoch_end=True)
+
+
 def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = None) -> Any:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     # Lightning's start-up notes (no GPU, tips) repeat for every step; keep the output to what the run says.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -60,9 +102,7 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     callbacks = []
     if checkpoint_dir is not None:  # fine-tuning: resumable mid-step from the last finished epoch
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last="link", save_top_k=1,
-                                         every_n_epochs=1, enable_version_counter=False,
-                                         save_on_train_epoch_end=True))
+        callbacks.append(_checkpoint(checkpoint_dir))
     ddp = cfg.devices > 1
     return L.Trainer(accelerator="cpu", devices=cfg.devices, strategy="ddp" if ddp else "auto",
                      use_distributed_sampler=False,  # the datamodule shards without padding (bench.sampling)
@@ -82,11 +122,22 @@ def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, em
         tasks=tasks, vocabulary_sizes=[len(t.vocabulary) for t in spec.tasks],
         matrix={"miou": [[None] * len(tasks) for _ in tasks]},
         config=to_dict(cfg), config_hash=config_hash(cfg), seed=cfg.seed,
+        sequence_hash=spec.content_hash(), sequence_content=spec.content(),
         versions=package_versions(), git_commit=git_commit(), timings={"steps": []})
 
 
-def run(cfg: RunConfig, spec: SequenceSpec) -> RunRecord:
-    """Run (or resume) a sequence; returns the record, also written to ``<run dir>/record.json``."""
+def run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None = None) -> RunRecord:
+    """Run (or resume) a sequence; returns the record, also written to ``<run dir>/record.json``.
+
+    ``recompute_from=t`` deletes the state and record rows of steps >= t and resumes from step t-1's state. The
+    run folder is created and locked first (:func:`bench.resume.claim`): an unwritable output folder or a second
+    command on the same run stops here, before a model loads."""
+    resume.check_recompute_from(recompute_from, len(spec.tasks))
+    with resume.claim(run_dir(cfg, spec)):
+        return _run(cfg, spec, recompute_from)
+
+
+def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunRecord:
     import lightning as L
 
     from bench.loggers import finish, log_final, log_results, make_loggers
@@ -108,17 +159,23 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> RunRecord:
     if previous is not None and previous.config_hash != config_hash(cfg):
         raise ConfigError(f"{out} holds a run with another config (hash {previous.config_hash}, this one "
                           f"{config_hash(cfg)}); choose another RUN_ID or delete the folder")
+    if previous is not None and previous.sequence_hash not in (None, spec.content_hash()):
+        changed = content_changes(previous.sequence_content or {}, spec.content()) or ["content"]
+        raise ConfigError(f"{out} holds a run made from other contents of sequence {spec.name!r} "
+                          f"({'; '.join(changed)}; {spec.path}); choose another RUN_ID or delete the folder")
     if previous is not None:
         had, now = previous.model.identity, base_weights_identity(
             cfg.base.kind, cfg.model.name, cfg.model.pretrained, cfg.model.seed)
         if had != now:
             raise ConfigError(f"{out} holds a run made with other weights ({had}; these are {now}); choose "
                               "another RUN_ID or delete the folder")
+    previous = resume.rewind(out, method, previous, recompute_from, len(spec.tasks), _resummarize)
     if previous is not None and previous.complete:
         say(f"already complete: {record_path}")
         say(_tables(previous))
         return previous
 
+    preflight(spec, cfg.data_root)  # a missing or broken eval file stops the run before a model loads
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
     base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
@@ -127,7 +184,12 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> RunRecord:
                             cfg.eval_limit)
     ctx = RunContext(cfg, spec, base, dm, out, functools.partial(_trainer, cfg))
     first = previous.steps_done if previous else 0
-    method.setup(ctx, first)
+    try:
+        method.setup(ctx, first)
+    except DamagedStateError as e:  # the message says what to delete to recompute from the damaged step
+        if e.step is None:
+            e.state, e.step = method.state_path(out, first), first
+        raise
     module = ContinualSegmenter(base, proposer, method.head)
     record = previous or new_record(cfg, spec, method, base, method.head.embedder)
     record.git_commit, record.versions = git_commit(), package_versions()
@@ -143,13 +205,15 @@ def run(cfg: RunConfig, spec: SequenceSpec) -> RunRecord:
         for t in range(first, last):
             _step(ctx, method, module, t, record)
             log_results(loggers, record, t + 1)
+        # record.json says complete only once every artefact is written: a failure on the way (a full disk) leaves
+        # it incomplete on disk, and the same command writes the artefacts again.
         record.complete = record.steps_done == len(spec.tasks)
         if record.complete and is_rank_zero():
-            atomic_write_json(record_path, record.to_json())
             atomic_write_text(out / "table.txt", _tables(record) + "\n")
             pngs = {m: heatmap(record, m, out / f"heatmap-{m}.png") for m in record["matrix"]}
             log_final(loggers, record, pngs, memory_dir=out / "memory" / f"step-{len(spec.tasks)}",
                       log_memory=cfg.wandb_memory and method.name == "knn")
+            atomic_write_json(record_path, record.to_json())
         ok = True
     finally:
         finish(loggers, success=ok)
@@ -200,12 +264,23 @@ def _record_pq(record: RunRecord | dict[str, Any], results: list[dict[str, Any] 
         matrix = record["matrix"].setdefault(metric, [[None] * T for _ in range(T)])
         for j, result in enumerate(results):
             matrix[t][j] = None if result is None else _percent(torch.tensor(result[group][key]))
-        scored = [v for v in matrix[t][: t + 1] if v is not None]
-        if all(v is not None for v in matrix[t][: t + 1]):
-            record["summary"][metric] = Summary(**_summarize(matrix, t))
-        else:
-            record["summary"][metric] = Summary(final_average=sum(scored) / len(scored) if scored else None,
-                                                forgetting=[None] * (t + 1))
+        record["summary"][metric] = _pq_summary(matrix, t)
+
+
+def _pq_summary(matrix: list[list[float | None]], t: int) -> Summary:
+    scored = [v for v in matrix[t][: t + 1] if v is not None]
+    if all(v is not None for v in matrix[t][: t + 1]):
+        return Summary(**_summarize(matrix, t))
+    return Summary(final_average=sum(scored) / len(scored) if scored else None, forgetting=[None] * (t + 1))
+
+
+def _resummarize(record: RunRecord) -> None:
+    """The summaries after the record's last finished step (for a record cut back to an earlier step)."""
+    t = record.steps_done - 1
+    record.summary["miou"] = Summary(**_summarize(record.matrix["miou"], t))
+    for metric in PQ_METRICS:
+        if metric in record.matrix:
+            record.summary[metric] = _pq_summary(record.matrix[metric], t)
 
 
 def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecord) -> None:

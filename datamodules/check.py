@@ -1,8 +1,11 @@
 """``bench data check``: for each task of a sequence, what is on disk, what is missing, and the layout expected.
 
-Loads no model. Each split's paths come from its reader's ``expected_layout``; when they are all present the
-reader is built (indexing files and parsing annotation json, but decoding no image) to count the samples and
-to surface the first error a run would meet.
+Loads no model. The sequence YAML has been checked field by field when it was loaded. Each split's paths come
+from its reader's ``expected_layout``; when they are all present the reader is built (indexing files and
+parsing annotation json) to count the samples, and its first sample is read, relabelled to the task's classes
+and checked against the data contract, to surface the first error a run would meet. :func:`preflight` does
+the same for the eval splits at the start of a run, so a broken eval file stops the run before its first
+adapt pass, not after it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 from datamodules.contract import DataError
 from datamodules.labelmaps import LayoutEntry
 from datamodules.paths import expand_root
-from datamodules.registry import get_reader
-from datamodules.sequence import SequenceSpec, SplitSpec, TaskSpec
+from datamodules.registry import Reader, get_reader
+from datamodules.sequence import ReaderKey, SequenceSpec, SplitSpec, TaskDataset, TaskSpec
 
 
 @dataclass
@@ -46,37 +49,64 @@ class TaskReport:
         return self.error is None and all(s.ok for s in self.splits)
 
 
-def _check_split(task: TaskSpec, role: str, split: SplitSpec, root: Path, count: bool) -> SplitReport:
+def _check_split(task: TaskSpec, role: str, split: SplitSpec, data_root: str | Path, count: bool,
+                 readers: dict[ReaderKey, Reader]) -> SplitReport:
     report = SplitReport(role, split.split)
     reader_cls = get_reader(task.format)
     layout = getattr(reader_cls, "expected_layout", None)
     if layout is None:  # e.g. synth: generated on first use, nothing to find on disk
         report.note = "no fixed layout to check (this format makes or finds its data when first read)"
         return report
+    root = expand_root(task.root, data_root)
     for e in layout(root, split.split, task.reader_vocabulary, **task.options):
         (report.present if e.exists() else report.missing).append(e)
     if count and not report.missing:
         try:
-            reader = reader_cls(root=root, split=split.split, vocabulary=task.reader_vocabulary, **task.options)
-            report.samples = min(len(reader), split.limit) if split.limit else len(reader)
-        except (DataError, TypeError) as e:
+            report.samples = open_first_sample(task, split, data_root, readers)
+        except (DataError, TypeError, OSError) as e:
             report.error = str(e)
     return report
+
+
+def open_first_sample(task: TaskSpec, split: SplitSpec, data_root: str | Path,
+                      readers: dict[ReaderKey, Reader] | None = None) -> int:
+    """Build one split's reader, read its first sample as a run would (relabelled, checked against the
+    contract) and return the number of samples the split gives (its ``limit`` applied)."""
+    dataset = TaskDataset(task, split, data_root, readers=readers)
+    if len(dataset):
+        dataset[0]
+    return len(dataset)
+
+
+def preflight(spec: SequenceSpec, data_root: str | Path, roles: tuple[str, ...] = ("eval",)) -> None:
+    """Open the first sample of the given splits of every task; raise :class:`DataError` naming the task and
+    the split at the first that fails. Cheap next to a run (one reader and one image per split), and it finds a
+    missing or truncated eval file before any adapt pass is spent."""
+    readers: dict[ReaderKey, Reader] = {}
+    for task in spec.tasks:
+        for role in roles:
+            split = getattr(task, role)
+            try:
+                open_first_sample(task, split, data_root, readers)
+            except (DataError, TypeError, OSError) as e:
+                raise DataError(f"{spec.path}: task {task.name!r}, {role} split {split.split!r}: {e}") from e
 
 
 def check_sequence(spec: SequenceSpec, data_root: str | Path, count: bool = True) -> list[TaskReport]:
     """One report per task of ``spec``, its data looked for under ``data_root``.
 
-    ``count``: build each reader whose paths are all present, to count samples and catch annotation errors
-    (parsing a large json such as LVIS train takes a while); without it only paths are checked.
+    ``count``: build each reader whose paths are all present, to count samples, and read its first sample, to
+    catch annotation and label errors (parsing a large json such as LVIS train takes a while); without it only
+    paths are checked.
     """
     reports = []
+    readers: dict[ReaderKey, Reader] = {}
     for task in spec.tasks:
         root = expand_root(task.root, data_root)
         report = TaskReport(task.name, task.format, root, len(task.vocabulary))
         try:
             for role, split in (("adapt", task.adapt), ("eval", task.eval)):
-                report.splits.append(_check_split(task, role, split, root, count))
+                report.splits.append(_check_split(task, role, split, data_root, count, readers))
         except (DataError, TypeError) as e:
             report.error = str(e)
         reports.append(report)

@@ -3,11 +3,13 @@
 ``SEQ=`` takes a name (``tasks/<name>.yaml``) or the path of any YAML file, so a sequence over one's own data in a
 supported format needs no code. A sequence YAML::
 
-    name: ade-100-10                  # optional; default: the file name
+    name: ade-100-10                  # optional; default: the file name. One folder name (letters, digits,
+                                      #   . _ + -), since it names the run folder
     description: ...                  # optional, shown by `bench list`
     defaults: {proposals: {kind: superpixel}}   # optional run-config defaults for this sequence
     tasks:                            # in the order they are adapted to
       - name: ade-base                # unique within the sequence
+        about: "the first 100 classes"  # optional: what the task tests (shown by the report)
         format: ade20k                # a registered reader (see below)
         root: ADEChallengeData2016    # relative to DATA_ROOT (or absolute); "{cache}" = the suite's cache dir
         vocabulary: vocab/ade150.txt  # the dataset's full label space, relative to the YAML file:
@@ -27,11 +29,18 @@ the task's classes yields an all-ignore sample, which adds nothing to the memory
 Formats: ``coco_panoptic``, ``synth``, ``ade20k``, ``ade20k_full``, ``pascal_context``, ``cityscapes``, ``lvis``,
 ``hf_parquet`` and the generic ``label_map`` (images + single-channel label images paired by name); each reader's
 module docstring gives the layout it expects and its options. ``python -m bench data check SEQ=...`` reports
-what is present and missing for every task.
+what is present and missing for every task and reads the first sample of every split.
+
+No other field is accepted: a misspelt one (``clases:``) is an error with a suggestion, not a silent default,
+and every error names the file, the task and the field (:mod:`datamodules.sequence_schema`). A run's folder
+is named by a hash of the config and of the sequence's content (:meth:`SequenceSpec.content_hash`), so editing
+a task's classes, splits, limits, options or vocabulary, or adding a task, starts another run.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,6 +53,7 @@ import yaml
 from datamodules.contract import IGNORE_INDEX, DataError, validate_sample
 from datamodules.paths import expand_root
 from datamodules.registry import Reader, get_reader
+from datamodules.sequence_schema import TaskModel, parse_sequence, safe_folder_name
 from datamodules.vocabulary import Vocabulary
 
 TASKS_DIR = Path(os.environ.get("BENCH_TASKS", Path(__file__).resolve().parents[1] / "tasks"))
@@ -75,6 +85,17 @@ class TaskSpec:
     def reader_vocabulary(self) -> Vocabulary:
         return self.dataset_vocabulary or self.vocabulary
 
+    def content(self) -> dict[str, str]:
+        """What decides this task's data and labels, one short string per field: the values as written in the
+        YAML (``root`` unexpanded, so the same on every machine) or a digest (the vocabulary's classes and
+        thing/stuff flags in order, the class subset, long options). ``about`` and the name are left out."""
+        vocab = self.reader_vocabulary
+        options = json.dumps(self.options, sort_keys=True, default=repr)
+        return {"format": self.format, "root": self.root, "vocabulary": _digest([vocab.classes, vocab.is_thing]),
+                "classes": "all" if self.class_ids is None else _digest(self.class_ids),
+                "adapt": _split_text(self.adapt), "eval": _split_text(self.eval),
+                "options": options if len(options) <= 80 else _digest(options)}
+
 
 @dataclass
 class SequenceSpec:
@@ -84,28 +105,30 @@ class SequenceSpec:
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
 
+    def content(self) -> dict[str, dict[str, str]]:
+        """Task name -> :meth:`TaskSpec.content`, in sequence order."""
+        return {t.name: t.content() for t in self.tasks}
+
+    def content_hash(self) -> str:
+        """A digest of the tasks, in order, and of everything that decides their data and labels; a run made
+        from other content is another run. ``name``, ``description``, ``about`` and ``defaults`` (which reach
+        the run config and its own hash) are not part of it."""
+        return _digest(list(self.content().items()))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def _split_text(split: SplitSpec) -> str:
+    return f"{split.split} (limit {split.limit})" if split.limit else split.split
+
 
 def list_sequences(tasks_dir: Path = TASKS_DIR) -> list[str]:
     return sorted(p.stem for p in tasks_dir.glob("*.yaml"))
 
 
-def _field(mapping: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
-    if key not in mapping:
-        raise DataError(f"{where}: missing field {key!r}")
-    if not isinstance(mapping[key], kind):
-        raise DataError(f"{where}: field {key!r} must be {kind}, got {mapping[key]!r}")
-    return mapping[key]
-
-
-def _split(value: Any, where: str) -> SplitSpec:
-    if isinstance(value, str):
-        return SplitSpec(value)
-    if not isinstance(value, dict) or "split" not in value:
-        raise DataError(f"{where}: expected a split name or {{split: NAME, limit: N}}, got {value!r}")
-    return SplitSpec(str(value["split"]), int(value.get("limit", 0) or 0))
-
-
-def _class_subset(value: Any, vocab: Vocabulary, where: str) -> tuple[int, ...] | None:
+def _class_subset(value: Any, vocab: Vocabulary, vocab_path: Path, where: str) -> tuple[int, ...] | None:
     """Dataset indices of a task's classes from its ``classes`` field (None: the whole vocabulary)."""
     if value is None:
         return None
@@ -119,6 +142,11 @@ def _class_subset(value: Any, vocab: Vocabulary, where: str) -> tuple[int, ...] 
                             f"(the vocabulary has {n} classes)")
         return tuple(range(start, stop))
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        unknown = [v for v in value if v not in vocab.classes]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], vocab.classes, n=1, cutoff=0.6)
+            raise DataError(f"{where}: class {unknown[0]!r} is not in the vocabulary file {vocab_path} "
+                            f"({n} classes)" + (f"; did you mean {near[0]!r}?" if near else ""))
         ids = tuple(vocab.index(v) for v in value)
     elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         bad = [v for v in value if not 0 <= v < n]
@@ -134,7 +162,8 @@ def _class_subset(value: Any, vocab: Vocabulary, where: str) -> tuple[int, ...] 
 
 
 def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpec:
-    """Find a sequence by name in ``tasks_dir`` or by path to a YAML file, and parse it."""
+    """Find a sequence by name in ``tasks_dir`` or by path to a YAML file, parse it and check every field
+    (:mod:`datamodules.sequence_schema`); a problem raises :class:`DataError` naming the file, task and field."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = tasks_dir / f"{name_or_path}.yaml"
@@ -142,36 +171,48 @@ def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpe
         raise DataError(f"unknown sequence {name_or_path!r}: no file {path}; known sequences: "
                         f"{', '.join(list_sequences(tasks_dir)) or '(none)'}, or a path to a YAML file")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a mapping with 'tasks'")
-    tasks = []
-    for i, t in enumerate(_field(doc, "tasks", str(path), list)):
-        where = f"{path}: tasks[{i}]"
-        if not isinstance(t, dict):
-            raise DataError(f"{where}: expected a mapping")
-        name = _field(t, "name", where)
-        vocab_path = path.parent / _field(t, "vocabulary", where)
-        full = Vocabulary.from_file(vocab_path, name=name)
-        if "num_classes" in t and len(full) != t["num_classes"]:
-            raise DataError(f"{vocab_path}: {len(full)} classes, but {where} expects num_classes: "
-                            f"{t['num_classes']}; the vocabulary file is incomplete or the wrong one")
-        class_ids = _class_subset(t.get("classes"), full, f"{where}: field 'classes'")
-        vocab = full if class_ids is None else full.subset([full.classes[i] for i in class_ids], name=name)
-        tasks.append(TaskSpec(name=name, format=_field(t, "format", where), root=_field(t, "root", where),
-                              vocabulary=vocab, adapt=_split(_field(t, "adapt", where, (str, dict)), where),
-                              eval=_split(_field(t, "eval", where, (str, dict)), where),
-                              options=dict(t.get("options") or {}),
-                              dataset_vocabulary=None if class_ids is None else full, class_ids=class_ids))
-    if not tasks:
-        raise DataError(f"{path}: field 'tasks' is empty; a sequence needs at least one task")
+        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    seq, models = parse_sequence(doc, path)
+    tasks = [_task(m, path) for m in models]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise DataError(f"{path}: task names must be unique, got {names}")
-    return SequenceSpec(name=str(doc.get("name", path.stem)), path=path, tasks=tasks,
-                        description=str(doc.get("description", "")), defaults=dict(doc.get("defaults") or {}))
+    return SequenceSpec(name=seq.name or safe_folder_name(path.stem), path=path, tasks=tasks,
+                        description=seq.description, defaults=dict(seq.defaults or {}))
+
+
+def _task(m: TaskModel, path: Path) -> TaskSpec:
+    where = f"{path}: task {m.name!r}"
+    vocab_path = path.parent / m.vocabulary
+    try:
+        full = Vocabulary.from_file(vocab_path, name=m.name)
+    except DataError as e:
+        raise DataError(f"{where}: field 'vocabulary': {e}") from e
+    if m.num_classes is not None and len(full) != m.num_classes:
+        raise DataError(f"{vocab_path}: {len(full)} classes, but {where} expects num_classes: "
+                        f"{m.num_classes}; the vocabulary file is incomplete or the wrong one")
+    class_ids = _class_subset(m.classes, full, vocab_path, f"{where}: field 'classes'")
+    vocab = full if class_ids is None else full.subset([full.classes[i] for i in class_ids], name=m.name)
+    return TaskSpec(name=m.name, format=m.format, root=m.root, vocabulary=vocab,
+                    adapt=SplitSpec(m.adapt.split, m.adapt.limit or 0), eval=SplitSpec(m.eval.split, m.eval.limit or 0),
+                    options=dict(m.options or {}), dataset_vocabulary=None if class_ids is None else full,
+                    class_ids=class_ids)
+
+
+def content_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[str]:
+    """What differs between two :meth:`SequenceSpec.content` summaries, in words (empty: the same content)."""
+    changes = [f"task {name!r} {'added' if name in after else 'removed'}"
+               for name in [*before, *after] if (name in before) != (name in after)]
+    for name in (n for n in after if n in before):
+        fields = [k for k in sorted({*before[name], *after[name]}) if before[name].get(k) != after[name].get(k)]
+        if fields:
+            changes.append(f"task {name!r}: {', '.join(fields)} changed")
+    shared = [n for n in before if n in after]
+    if shared != [n for n in after if n in before]:
+        changes.append(f"task order {' -> '.join(before)} became {' -> '.join(after)}")
+    return changes
 
 
 def restrict_sample(sample: dict[str, Any], class_ids: tuple[int, ...], num_dataset_classes: int) -> dict[str, Any]:

@@ -40,18 +40,22 @@ class Vocabulary:
     def from_file(cls, path: str | Path, name: str | None = None) -> Vocabulary:
         """Read a vocabulary file: one class per line, ``name<TAB>thing`` or ``name<TAB>stuff``.
 
-        Blank lines and lines starting with ``#`` are skipped. Class names may contain spaces and commas.
+        Blank lines and lines starting with ``#`` are skipped. Class names may contain spaces and commas. A
+        UTF-8 byte-order mark and CRLF or CR line ends are read as plain text, so that a file saved by a Windows
+        editor names the same classes (the mark would otherwise be part of the first class name).
         """
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8-sig")
         except OSError as e:
             raise DataError(f"{path}: cannot read vocabulary file ({e.strerror})") from e
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: vocabulary file is not UTF-8 text (byte {e.start}: {e.reason})") from e
         classes, flags = [], []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = line.rstrip("\n").split("\t")
+            parts = line.split("\t")
             if len(parts) != 2 or parts[1].strip() not in _FLAGS or not parts[0].strip():
                 raise DataError(f"{path}:{lineno}: expected 'class name<TAB>thing|stuff', got {line!r}")
             classes.append(parts[0].strip())

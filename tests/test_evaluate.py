@@ -208,9 +208,19 @@ def test_semantic_numbers_in_percent(sem: dict[str, Path], capsys: pytest.Captur
 
 
 def test_semantic_ignore_index_option(sem: dict[str, Path]) -> None:
-    # With 0 as the ignore id, the two class-0 pixels leave the count and 255 in the gt becomes an error.
+    # With 254 as the ignore id, 255 in the gt is no longer skipped and becomes an error.
     with pytest.raises(DataError, match=r"y\.png: ground truth has class id 255"):
-        run_semantic(sem, "--ignore-index", "0")
+        run_semantic(sem, "--ignore-index", "254")
+
+
+@pytest.mark.parametrize("ignore", ["0", "3"])
+def test_semantic_ignore_index_that_is_a_class_is_refused(sem: dict[str, Path], ignore: str) -> None:
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^--ignore-index {ignore} is class {ignore} of the 4 classes "
+                                          r"\(--num-classes 4: ids 0\.\.3\)"):
+        run_semantic(sem, "--ignore-index", ignore)
+    assert not sem["out"].exists()
 
 
 def _move(src: str, dst: str) -> Callable[[dict[str, Path]], None]:

@@ -193,7 +193,7 @@ def test_format_1_memory_still_loads(data, tmp_path):
     ({"kind": "ivf-pq", "train_size": 100}, "knn.train_size 100 is too small .* at least 256"),
     ({"kind": "ivf-flat", "nlist": 2048}, "at least 2048 training vectors"),
     ({"kind": "flat", "pca_dim": 128}, "knn.pca_dim 128 exceeds the embedding dim 64"),
-    ({"kind": "hnsw", "ef_search": 0}, "knn.ef_search must be > 0"),
+    ({"kind": "hnsw", "ef_search": 0}, "knn.ef_search must be >= 1"),
 ])
 def test_bad_index_config_is_a_config_error(params, message):
     with pytest.raises(ConfigError, match=message):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.io import atomic_write_bytes, cache_dir
+from bench.io import cache_dir, read_cache, write_state_bytes
 from bench.proposals import pool_features
 
 
@@ -34,8 +34,8 @@ def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8) -> tuple[torch
     :class:`datamodules.sequence.TaskDataset`. Cached under ``<cache>/features/``.
     """
     path = cache_dir() / "features" / f"{_key(base.identity, dataset)}.pt"
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
+    cached = read_cache(path, "mask-embedding cache", ("embeddings", "names"))
+    if cached is not None:
         return cached["embeddings"], cached["names"]
     embeddings, names = [], []
     for start in range(0, len(dataset), batch_size):
@@ -51,5 +51,5 @@ def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8) -> tuple[torch
     out = torch.cat(embeddings).float() if embeddings else torch.zeros(0, base.dim)
     buf = io.BytesIO()
     torch.save({"embeddings": out, "names": names}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_state_bytes(path, buf.getvalue())
     return out, names

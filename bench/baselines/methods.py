@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ import torch
 
 from bench.baselines.adapter import Adapter, AdapterTraining, count_parameters
 from bench.baselines.features import mask_embeddings
+from bench.errors import DamagedStateError, first_line
 from bench.heads import AdapterHead
-from bench.io import atomic_write_bytes
+from bench.io import read_state_bytes, verify_sidecar, write_state_bytes
 from bench.methods import METHODS, Method, RunContext
 
 
@@ -48,14 +50,42 @@ class AdapterFinetune(Method):
     def head(self) -> AdapterHead:
         return self._head
 
-    def _state_path(self, ctx: RunContext, step: int) -> Path:
-        return ctx.out / "adapter" / f"step-{step}.pt"
+    def state_path(self, out: Path, step: int) -> Path:
+        return out / "adapter" / f"step-{step}.pt"
+
+    def _load(self, ctx: RunContext, step: int) -> dict[str, Any]:
+        path = self.state_path(ctx.out, step)
+        try:
+            state = torch.load(io.BytesIO(read_state_bytes(path)), weights_only=True)
+            if not {"adapter", "buffer_embeddings", "buffer_names"} <= set(state):
+                raise ValueError("not an adapter state")
+        except DamagedStateError as e:
+            raise DamagedStateError(e.path, e.reason, path, step) from e
+        except Exception as e:  # torch reports a truncated or foreign file in many ways
+            raise DamagedStateError(path, f"cannot be read: {first_line(e)}", path,
+                                    step) from e
+        return state
+
+    def _resume_checkpoint(self, checkpoints: Path, step: int) -> str | None:
+        """The last epoch's Lightning checkpoint of an interrupted step, checked against its sidecar."""
+        last = checkpoints / "last.ckpt"
+        if not last.exists():
+            return None
+        try:
+            verify_sidecar(last.resolve())
+            torch.load(last, map_location="cpu", weights_only=False)
+        except DamagedStateError as e:
+            raise DamagedStateError(last, e.reason, checkpoints, step) from e
+        except Exception as e:
+            raise DamagedStateError(last, f"cannot be read: {first_line(e)}",
+                                    checkpoints, step) from e
+        return str(last)
 
     def setup(self, ctx: RunContext, steps_done: int) -> None:
         adapter = Adapter(ctx.base.dim)
         self.buffer = (torch.zeros(0, ctx.base.dim), [])
         if steps_done:
-            state = torch.load(self._state_path(ctx, steps_done), weights_only=True)
+            state = self._load(ctx, steps_done)
             adapter.load_state_dict(state["adapter"])
             self.buffer = (state["buffer_embeddings"], state["buffer_names"])
         self._head = AdapterHead(ctx.base, adapter)
@@ -80,9 +110,8 @@ class AdapterFinetune(Method):
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                              sampler=EpochShuffle(len(y), ctx.cfg.seed * 1000 + t))
         checkpoints = ctx.out / "checkpoints" / f"step-{t + 1}"
-        last = checkpoints / "last.ckpt"
         trainer = ctx.trainer(max_epochs=cfg.epochs, checkpoint_dir=checkpoints)
-        trainer.fit(training, loader, ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(training, loader, ckpt_path=self._resume_checkpoint(checkpoints, t + 1))
         if self.replay:
             self._update_buffer(ctx, t)
         self._save(ctx, t + 1)
@@ -106,12 +135,10 @@ class AdapterFinetune(Method):
         self.buffer = (torch.cat([self.buffer[0], x[keep]]), self.buffer[1] + [names[i] for i in keep])
 
     def _save(self, ctx: RunContext, step: int) -> None:
-        import io
-
         buf = io.BytesIO()
         torch.save({"adapter": self._head.adapter.state_dict(), "buffer_embeddings": self.buffer[0],
                     "buffer_names": self.buffer[1]}, buf)
-        atomic_write_bytes(self._state_path(ctx, step), buf.getvalue())
+        write_state_bytes(self.state_path(ctx.out, step), buf.getvalue())
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         out = {"trainable_params": count_parameters(self._head.adapter)}

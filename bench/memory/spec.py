@@ -17,6 +17,10 @@ TRAIN_PER_LIST = 64  # automatic nlist: one list per this many training vectors
 HNSW_QUANTIZER_FROM = 1024  # IVF with this many lists or more finds its lists with an HNSW graph
 KMEANS_ITERATIONS, KMEANS_MAX_POINTS = 10, 64
 GPU_MAX_K = 2048  # the largest k FAISS GPU indexes search
+# The least value of each index knob: the one definition, checked by IndexSpec.check and up front by the run's
+# config (bench.config.KnnConfig) before anything runs. 0 means "automatic" or "off" for the first three.
+KNOB_MIN = {"pca_dim": 0, "nlist": 0, "pq_m": 0, "hnsw_m": 1, "ef_construction": 1, "train_size": 1, "nprobe": 1,
+            "ef_search": 1}
 
 # Index kinds: name -> builder(spec, width, n_train) -> (empty FAISS index, resolved parameters). Registered in
 # bench.memory.kinds; ``IndexKind`` says what a kind needs (training, IVF search parameters).
@@ -87,11 +91,10 @@ class IndexSpec:
     def check(self, dim: int) -> None:
         """Raise :class:`ConfigError` naming the field when the spec cannot index ``dim``-dim embeddings."""
         INDEX_KINDS.get(self.kind)  # an unknown kind: a ConfigError naming knn.index and the known kinds
-        positive = ("hnsw_m", "ef_construction", "train_size", "nprobe", "ef_search")
-        for name in ("pca_dim", "nlist", "pq_m", *positive):
+        for name, least in KNOB_MIN.items():
             value = getattr(self, name)
-            if value < (1 if name in positive else 0):
-                raise ConfigError(f"knn.{name} must be {'> 0' if name in positive else '>= 0'}, got {value}")
+            if value < least:
+                raise ConfigError(f"knn.{name} must be >= {least}, got {value}")
         if self.pca_dim > dim:
             raise ConfigError(f"knn.pca_dim {self.pca_dim} exceeds the embedding dim {dim}")
         width = self.pca_dim or dim

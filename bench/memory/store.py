@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 from collections.abc import Sequence
@@ -11,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import ConfigError, MemoryMismatchError
-from bench.io import atomic_dir
+from bench.errors import ConfigError, DamagedStateError, MemoryMismatchError
+from bench.io import atomic_dir, sha256_file
 from bench.memory.kinds import build_index
 from bench.memory.spec import GPU_MAX_K, HNSW_QUANTIZER_FROM, LABEL_BYTES, LEGACY_KINDS, IndexSpec
 
 FORMAT_VERSION = 2
+STATE_FILES = ("index.faiss", "labels.npy")  # their sha256 is in meta.json
 
 
 def index_bytes(index: Any) -> int:
@@ -252,18 +254,25 @@ class Memory:
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write index, labels and metadata into directory ``path``, atomically (a GPU index is saved from CPU)."""
+        """Write index, labels and metadata into directory ``path``, atomically (a GPU index is saved from CPU).
+
+        meta.json holds the sha256 of index.faiss and labels.npy, checked by :meth:`load`."""
         import faiss
 
         with atomic_dir(path) as tmp:
-            faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
+            try:
+                faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
+            except RuntimeError as e:  # faiss reports a failed write (a full disk) as a RuntimeError
+                raise OSError(errno.EIO, f"faiss could not write the index ({_last_line(e)})",
+                              str(Path(path) / "index.faiss")) from e
             np.save(tmp / "labels.npy", self.labels)
             size = os.path.getsize(tmp / "index.faiss") + LABEL_BYTES * len(self)
             meta = {"format": FORMAT_VERSION, "dim": self.dim, "embedder": self.embedder,
                     "index_kind": self.spec.kind, "index": self.spec.structure(),
                     "search": {k: getattr(self.spec, k) for k in IndexSpec.SEARCH_FIELDS},
                     "trained": self.trained, "resolved": self.resolved, "size": len(self),
-                    "bytes_per_entry": size / max(1, len(self)), "names": self.names}
+                    "bytes_per_entry": size / max(1, len(self)), "names": self.names,
+                    "sha256": {name: sha256_file(tmp / name) for name in STATE_FILES}}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -277,8 +286,13 @@ class Memory:
         meta_path = path / "meta.json"
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise MemoryMismatchError(f"{meta_path}: not a saved memory ({e})") from e
+        except FileNotFoundError as e:
+            raise DamagedStateError(meta_path, "cannot be read: it is missing") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DamagedStateError(meta_path, f"cannot be read: {e}") from e
+        if not isinstance(meta, dict) or not {"dim", "embedder", "names", "size", "index_kind"} <= set(meta):
+            raise DamagedStateError(meta_path, "cannot be read: not the metadata of a saved memory")
+        _verify(path, meta.get("sha256", {}))
         if embedder is not None and meta["embedder"] != embedder:
             raise MemoryMismatchError(f"{path}: memory was built with embedder {meta['embedder']!r} "
                                       f"(dim {meta['dim']}), but this run embeds with {embedder!r} (dim {dim})")
@@ -291,17 +305,42 @@ class Memory:
             raise MemoryMismatchError(f"{path}: memory was saved with index {saved.describe()}, but this run "
                                       f"is configured for index {spec.describe()}")
         memory = cls(meta["dim"], meta["embedder"], spec or saved)
-        index = faiss.read_index(str(path / "index.faiss"))
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as e:
+            raise DamagedStateError(path / "index.faiss", f"cannot be read: {_last_line(e)}") from e
         memory.trained = trained
         memory.resolved = dict(meta.get("resolved", {}))
         memory.index = memory._place(index) if memory.trained else index
-        memory.labels = np.load(path / "labels.npy")
+        try:
+            memory.labels = np.load(path / "labels.npy")
+        except (OSError, ValueError, EOFError) as e:
+            raise DamagedStateError(path / "labels.npy", f"cannot be read: {e}") from e
         for name in meta["names"]:
             memory._code(name)
         if index.ntotal != len(memory.labels) or len(memory) != meta["size"]:
-            raise MemoryMismatchError(f"{path}: index holds {index.ntotal} entries, labels.npy "
-                                      f"{len(memory.labels)}, meta.json {meta['size']}: the files disagree")
+            raise DamagedStateError(path, f"index.faiss holds {index.ntotal} entries, labels.npy "
+                                    f"{len(memory.labels)}, meta.json {meta['size']}: the files disagree")
         return memory
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _verify(path: Path, digests: dict[str, str]) -> None:
+    """Check the saved files against the sha256 in meta.json (memories saved before format 2's checksums have
+    none and are read as they are; a damaged one then fails when read)."""
+    for name in STATE_FILES:
+        if name in digests:
+            file = path / name
+            try:
+                found = sha256_file(file)
+            except OSError as e:
+                raise DamagedStateError(file, f"cannot be read: {e.strerror}") from e
+            if found != digests[name]:
+                raise DamagedStateError(file, "checksum mismatch")
 
 
 def _saved_spec(meta: dict[str, Any]) -> IndexSpec:

@@ -50,6 +50,11 @@ class Method:
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         return {}
 
+    def state_path(self, out: Path, step: int) -> Path | None:
+        """The file or folder that :meth:`setup` reads to resume after ``step`` finished steps (None: no state).
+        A run whose last step's state is gone recomputes that step (:mod:`bench.resume`)."""
+        return None
+
 
 METHODS: Registry[type[Method]] = Registry("method", "METHOD", ["bench.methods", "bench.baselines"], ConfigError)
 

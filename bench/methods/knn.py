@@ -3,6 +3,7 @@ retrieval from the memory fused with the base model (:class:`bench.heads.KnnHead
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -72,7 +73,7 @@ class KnnMemory(Method):
         embedder = build_embedder(cfg.embedder.kind, ctx.base, cfg.embedder.name,
                                   image_size=cfg.embedder.image_size or None, seed=cfg.model.seed)
         spec = IndexSpec.from_config(cfg.knn)
-        memory = (Memory.load(ctx.out / "memory" / f"step-{steps_done}", embedder.identity, embedder.dim, spec)
+        memory = (Memory.load(self.state_path(ctx.out, steps_done), embedder.identity, embedder.dim, spec)
                   if steps_done else Memory(embedder.dim, embedder.identity, spec))
         self._head = KnnHead(ctx.base, embedder, memory, cfg.knn)
 
@@ -86,8 +87,11 @@ class KnnMemory(Method):
         writer = MemoryWriter(self._head.embedder, memory, ctx.spec.tasks[t].vocabulary)
         ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
         if is_rank_zero():  # every rank holds the same memory (MemoryWriter.on_predict_epoch_end)
-            memory.save(ctx.out / "memory" / f"step-{t + 1}")
+            memory.save(self.state_path(ctx.out, t + 1))
         return {"adapt_images": len(ctx.dm.adapt_dataset(t)), "memory_added": len(memory) - before}
+
+    def state_path(self, out: Path, step: int) -> Path:
+        return out / "memory" / f"step-{step}"
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         memory = self._head.memory

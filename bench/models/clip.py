@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.errors import ConfigError
-from bench.io import atomic_write_bytes, cache_dir
+from bench.errors import ConfigError, WeightsUnavailable, first_line
+from bench.io import cache_dir, read_cache, write_state_bytes
 from bench.models import BASES, EMBEDDERS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -88,10 +88,10 @@ def suite_checksum(name: str) -> str:
     try:
         digest = path.read_text(encoding="utf-8").split()[0]
     except (OSError, IndexError) as e:
-        raise RuntimeError(f"{path}: cannot read the checksum of MODEL {name}'s weights ({e}); rebuild them with "
-                           f"`python scripts/pretrain_tiny_clip.py`") from e
+        raise WeightsUnavailable(f"{path}: cannot read the checksum of MODEL {name}'s weights ({e}); rebuild them "
+                                 f"with `python scripts/pretrain_tiny_clip.py`") from e
     if len(digest) != 64:
-        raise RuntimeError(f"{path}: expected a sha256 hex digest first, got {digest!r}")
+        raise WeightsUnavailable(f"{path}: expected a sha256 hex digest first, got {digest!r}")
     return digest
 
 
@@ -103,13 +103,13 @@ def load_suite_weights(model: torch.nn.Module, name: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RuntimeError(f"{path}: MODEL {name}'s weights are missing ({e.strerror}); rebuild them with "
-                           f"`python scripts/pretrain_tiny_clip.py`") from e
+        raise WeightsUnavailable(f"{path}: MODEL {name}'s weights are missing ({e.strerror}); rebuild them "
+                                 f"with `python scripts/pretrain_tiny_clip.py`") from e
     expected, found = suite_checksum(name), hashlib.sha256(data).hexdigest()
     if found != expected:
-        raise RuntimeError(f"{path}: sha256 {found} does not match {checksum_path(path).name} ({expected}); the "
-                           f"weights were changed or are incomplete. Restore them from git or rebuild with "
-                           f"`python scripts/pretrain_tiny_clip.py`")
+        raise WeightsUnavailable(f"{path}: sha256 {found} does not match {checksum_path(path).name} ({expected}); "
+                                 f"the weights were changed or are incomplete. Restore them from git or rebuild with "
+                                 f"`python scripts/pretrain_tiny_clip.py`")
     state = load(data)
     rows, ids = state.pop(TOKEN_ROWS), state.pop(TOKEN_IDS)
     table = torch.zeros_like(model.token_embedding.weight)  # tokens never seen in pretraining carry nothing
@@ -141,8 +141,9 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
         except Exception as e:  # network, hub or file errors all mean: the weights are not here
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
-            raise RuntimeError(f"could not load pretrained weights {name}/{tag}{hint}: {e}. Random weights are "
-                               f"never substituted; use MODEL={RANDOM_INIT_MODELS[0]} to run offline") from e
+            raise WeightsUnavailable(f"could not load pretrained weights {name}/{tag}{hint}: {first_line(e)}. "
+                                     "Random weights are never substituted; use "
+                                     f"MODEL={RANDOM_INIT_MODELS[0]} to run offline") from e
     return model.eval()
 
 
@@ -241,10 +242,9 @@ class OpenClipBase(torch.nn.Module):
         """Prompt-ensembled, L2-normalised ``C×D`` text embeddings, cached on disk by weights and vocabulary."""
         key = hashlib.sha1("\n".join([self.identity, *PROMPT_TEMPLATES, "", *class_names]).encode()).hexdigest()
         path = cache_dir() / "text" / f"{self.name}-{self.tag}-{key[:16]}.pt"
-        if path.exists():
-            cached = torch.load(path, weights_only=True)
-            if cached["classes"] == list(class_names) and cached["identity"] == self.identity:
-                return cached["embeddings"]
+        cached = read_cache(path, "text-embedding cache", ("identity", "classes", "embeddings"))
+        if cached is not None and cached["classes"] == list(class_names) and cached["identity"] == self.identity:
+            return cached["embeddings"]
         prompts = [t.format(name) for name in class_names for t in PROMPT_TEMPLATES]
         # One batched pass over all prompts (chunked): per-class calls cost seconds on 1203 LVIS classes.
         encoded = torch.cat([self.model.encode_text(self._tokenizer(prompts[i:i + 512])).float()
@@ -253,7 +253,7 @@ class OpenClipBase(torch.nn.Module):
         embeddings = F.normalize(per_class, dim=-1)
         buf = io.BytesIO()
         torch.save({"identity": self.identity, "classes": list(class_names), "embeddings": embeddings}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        write_state_bytes(path, buf.getvalue())
         return embeddings
 
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, WeightsUnavailable, first_line
 from bench.models import EMBEDDERS
 from bench.models.clip import resize_normalize
 
@@ -42,8 +42,9 @@ class Dinov2Embedder(torch.nn.Module):
                 self.model = timm.create_model(name, pretrained=True, img_size=size, num_classes=0)
             except Exception as e:
                 hint = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-                raise RuntimeError(f"could not load pretrained weights for embedder {name}{hint}: {e}. Random "
-                                   "weights are never substituted; use embedder.kind=clip to run offline") from e
+                raise WeightsUnavailable(f"could not load pretrained weights for embedder {name}{hint}: "
+                                         f"{first_line(e)}. Random weights are never substituted; use "
+                                         "embedder.kind=clip to run offline") from e
             weights = "pretrained"
         self.model.eval().requires_grad_(False)
         self.patch = self.model.patch_embed.patch_size[0]
