@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -21,6 +22,7 @@ class Entry(Generic[T]):
     name: str
     obj: T
     description: str
+    module: str = ""  # the module that registered it (orders the listing)
 
 
 def _first_line(obj: Any) -> str:
@@ -35,7 +37,8 @@ class Registry(Generic[T]):
     def __init__(self, family: str, key: str, packages: Iterable[str], error: type[Exception] = DataError) -> None:
         self.family, self.key, self.packages, self.error = family, key, tuple(packages), error
         self._entries: dict[str, Entry[T]] = {}
-        self._discovered = False
+        self._modules: list[str] = []  # discovery order
+        self._discovered = self._discovering = False
 
     def register(self, name: str, description: str = "") -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("name")`` on a class or function; the description defaults to the
@@ -45,7 +48,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
             text = description or getattr(obj, "description", "") or _first_line(obj)
-            self._entries[name] = Entry(name, obj, text)
+            module = sys._getframe(1).f_globals.get("__name__", "")
+            self._entries[name] = Entry(name, obj, text, module)
             return obj
 
         return deco
@@ -55,18 +59,31 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def discover(self) -> None:
-        if self._discovered:
+        if self._discovered or self._discovering:
             return
-        self._discovered = True
+        self._discovering = True  # a module importing another of the family during discovery
+        try:
+            self._import_packages()
+            self._discovered = True  # only once every module imported: a failed import fails the next lookup too
+        finally:
+            self._discovering = False
+
+    def _import_packages(self) -> None:
+        self._modules = []
         for package in self.packages:
             pkg = importlib.import_module(package)
             for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
                 if not info.name.startswith("_"):
-                    importlib.import_module(f"{package}.{info.name}")
+                    self._modules.append(f"{package}.{info.name}")
+                    importlib.import_module(self._modules[-1])
 
     def entries(self) -> dict[str, Entry[T]]:
+        """Every entry, in package and module order (whatever order the modules happened to be imported in),
+        entries registered from elsewhere (a test) last."""
         self.discover()
-        return dict(self._entries)
+        rank = {m: i for i, m in enumerate(self._modules)}
+        ordered = sorted(self._entries.values(), key=lambda e: rank.get(e.module, len(rank)))  # stable
+        return {e.name: e for e in ordered}
 
     def names(self) -> list[str]:
         return list(self.entries())

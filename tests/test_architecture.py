@@ -161,3 +161,13 @@ def test_index_defaults_have_one_source():
     assert IndexSpec.from_config(knn) == RUN_INDEX
     for f in dataclasses.fields(IndexSpec):
         assert getattr(knn, "index" if f.name == "kind" else f.name) == getattr(RUN_INDEX, f.name), f.name
+
+
+def test_registry_order_does_not_depend_on_import_order():
+    """A baseline imported before the registry is first read still lists after knn and zeroshot."""
+    import subprocess
+    import sys
+
+    code = ("import bench.baselines.methods\nfrom bench.methods import METHODS\nprint(','.join(METHODS.names()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "knn,zeroshot,finetune,replay,joint"
