@@ -63,7 +63,7 @@ perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.jso
 # The gate: the run fails below this mutation score (killed / non-equivalent mutants).
 MUTATE_FAIL_UNDER ?= 0.90
 
-mutate: $(STAMP)  ## mutation testing of the core modules (mutmut) -> results/perf/mutation.json (~25-35 min)
+mutate: $(STAMP)  ## mutation testing of the core modules (mutmut) -> results/perf/mutation.json (~11-14 min on 2 shared cores; fails below 0.90)
 	$(PY) benchmarks/mutation.py --fail-under $(MUTATE_FAIL_UNDER) $(MUTATE_ARGS)
 
 test: $(STAMP)  ## run the tests (without those marked slow)

@@ -1,10 +1,12 @@
 """Mutation testing of the core modules with mutmut 3, written to results/perf/mutation.json.
 
-Run: ``make mutate`` (or ``.venv/bin/python benchmarks/mutation.py``). mutmut copies ``bench/`` to ``mutants/``,
-rewrites every function of the target files into its mutants behind a trampoline, runs the non-slow tests once
-to learn which tests call which function, then runs, for each mutant of a target function, only those tests
-(``pytest -x``, in a process forked from a server that has imported and collected the tests once; per-mutant
-wall limit from ``timeout_multiplier``/``timeout_constant`` in pyproject.toml's ``[tool.mutmut]``).
+Run: ``make mutate`` (or ``.venv/bin/python benchmarks/mutation.py``; 11 to 14 minutes on two shared cores).
+mutmut copies ``bench/`` and ``datamodules/`` to ``mutants/``, rewrites every function of the target files into
+its mutants behind a trampoline, runs the non-slow tests once to learn which tests call which function and how
+long each takes (fixture set-up included), then runs, for each mutant of a target function, the fastest of those
+tests (each at most :data:`MAX_TEST_S`, together at most :data:`TEST_BUDGET_S`; ``pytest -x``, the
+:data:`FIRST_PASS` fastest first) in a process forked from a server that has imported and collected the tests
+once. Per-mutant wall limit: ``timeout_multiplier``/``timeout_constant`` in pyproject.toml's ``[tool.mutmut]``.
 
 What is mutated is :data:`TARGETS`, and only there: a source file (or glob) and the functions of it to mutate
 (``"function"`` or ``"Class.method"``), or ``None`` for every function of the file. When a module is split or
@@ -15,13 +17,19 @@ covers that subset only).
 Mutants that no test can tell apart from the original (equivalent mutants) are listed with the reason in
 benchmarks/mutation_equivalent.json, each by module, function and the changed lines (not mutmut's number, which
 shifts when the function changes). They are left out of ``total``; an entry that matches no mutant any more is
-reported under ``stale_equivalent``.
+reported under ``stale_equivalent``, one whose mutant a test kills under ``killed_equivalent`` (and counted).
 
-JSON keys: ``killed`` (killed by a failing test, or by the time limit), ``total`` (mutants run, equivalent ones
-left out), ``score`` = killed / total, ``survivors`` and ``no_tests`` (name, module, function, changed lines),
-``equivalent`` (with reasons), ``by_module`` counts, ``status_counts`` as mutmut reports them, ``tool`` and its
-version, ``wall_s``, ``targets`` and the load average before and after (other jobs on the machine slow it).
-``--fail-under S`` exits 1 when the score is below S (the JSON is written first).
+JSON keys: ``killed`` (killed by a failing test, the time limit or a crash), ``total`` (mutants run, equivalent
+ones left out), ``score`` = killed / total, ``survivors`` and ``no_tests`` (name, module, function, changed
+lines), ``timeouts_and_crashes`` (counted as killed), ``equivalent`` (with reasons), ``by_module`` counts,
+``status_counts`` as mutmut reports them, ``tool`` and its version, ``wall_s``, ``targets`` and the load average
+before and after (other jobs on the machine slow it).
+``--fail-under S`` exits 1 when the score is below S (the JSON is written first). ``--resume`` keeps ``mutants/``
+and re-runs only what has no verdict or survived (after adding a test); ``--report-only`` rebuilds the JSON.
+
+mutmut is driven in-process (pinned to 3.8 in setup.cfg): its configuration object gets ``only_mutate`` from
+TARGETS, and :func:`run_mutmut` wraps four of its internals (the stats run's timing, the fork server's warm-up, the
+per-mutant test list and the mutant list); a mutmut upgrade should re-check those.
 """
 
 from __future__ import annotations
@@ -66,6 +74,12 @@ TARGETS: dict[str, tuple[str, ...] | None] = {
 # with the whole-run tests (2-20 s each) every surviving mutant of a function that a run reaches cost 2-3 minutes,
 # and a full pass hours.
 MAX_TEST_S = 2.0
+# ... and of those, the fastest whose times add up to this: a surviving mutant (which runs all it is given) costs at
+# most this, where the whole list of a function that every run reaches adds up to 10 s. Conservative: a mutant
+# that only a later test would kill is counted as surviving, never the other way round.
+TEST_BUDGET_S = 3.0
+FIRST_PASS = 5  # a mutant's fastest tests, run first; the others only if these all pass
+RERUN = (None, 0, 5, 33)  # --resume runs these again: not run yet, survived, no tests (mutmut's exit codes)
 CLASS_SEP = "ǁ"  # mutmut's separator in mangled method names: xǁClassǁmethod
 DETECTED = ("killed", "timeout", "segfault")  # a mutant stopped by a failing test, the time limit or a crash
 
@@ -120,7 +134,7 @@ def changed_lines(diff: str) -> list[str]:
 
 # -- running mutmut (in a child process, so that nothing of bench is imported before mutmut places its copy) -------
 def run_mutmut(files: dict[str, tuple[str, ...] | None], max_children: int, max_test_s: float,
-               debug: bool = False) -> int:
+               test_budget_s: float, resume: bool = False, debug: bool = False) -> int:
     """Run ``mutmut run`` on the target functions with ``only_mutate`` set to the target files; its exit status."""
     os.chdir(REPO)
     from mutmut import __main__ as mutmut_main
@@ -163,7 +177,10 @@ def run_mutmut(files: dict[str, tuple[str, ...] | None], max_children: int, max_
         for tests in state().tests_by_mangled_function_name.values():
             tests -= slow
         print(f"    {len(slow)} tests over {max_test_s} s left out of the per-mutant runs: {sorted(slow)}")
-        return collect(**kwargs)
+        mutants, by_path = collect(**kwargs)
+        if resume:  # mutmut re-runs every mutant named on its command line: keep those still to decide
+            mutants = [m for m in mutants if m[2] in RERUN]
+        return mutants, by_path
 
     # The fork server has imported torch and collected every test: freeze that heap so that the workers' garbage
     # collections neither scan it nor copy its pages.
@@ -173,6 +190,31 @@ def run_mutmut(files: dict[str, tuple[str, ...] | None], max_children: int, max_
         warm_up(self)
         gc.freeze()
 
+    # Two passes per mutant: the FIRST_PASS fastest tests, then (only if they all pass) the rest. Most mutants die
+    # in the first pass, and pytest then collects a few test modules instead of all that reach the function.
+    run_tests = PytestRunner.run_tests
+
+    def run_tests_in_two_passes(self: PytestRunner, *, mutant_name: str | None, tests: Any) -> int:
+        if mutant_name is None:  # the clean run
+            return run_tests(self, mutant_name=mutant_name, tests=tests)
+        tests = within_budget(tests)
+        if len(tests) <= FIRST_PASS:
+            return run_tests(self, mutant_name=mutant_name, tests=tests)
+        code = run_tests(self, mutant_name=mutant_name, tests=tests[:FIRST_PASS])
+        return code if code != 0 else run_tests(self, mutant_name=mutant_name, tests=tests[FIRST_PASS:])
+
+    def within_budget(tests: Any) -> list[str]:
+        """The fastest tests whose times add up to at most test_budget_s (the fastest one at least)."""
+        durations = state().duration_by_test
+        chosen, total = [], 0.0
+        for t in sorted(tests, key=lambda t: (durations.get(t, 0.0), t)):
+            total += durations.get(t, 0.0)
+            if chosen and total > test_budget_s:
+                break
+            chosen.append(t)
+        return chosen
+
+    PytestRunner.run_tests = run_tests_in_two_passes
     PytestRunner.warm_up = warm_up_and_freeze
     PytestRunner.execute_pytest = execute_timing_setup
     PytestRunner._pytest_args_regular_run = fastest_first
@@ -238,13 +280,17 @@ def summarize(mutants: list[dict[str, Any]], equivalent: list[dict[str, Any]]) -
     reasons = {(e["module"], e["function"], tuple(e["diff"])): e["reason"] for e in equivalent}
     used: set[tuple[str, str, tuple[str, ...]]] = set()
     counted, equivalent_out = [], []
+    killed_equivalent = []
     for m in mutants:
         key = (m["module"], m["function"], tuple(m["diff"]))
         if key in reasons:
             used.add(key)
+        if key in reasons and m["status"] not in DETECTED:
             equivalent_out.append({**_brief(m), "status": m["status"], "reason": reasons[key]})
-        else:
+        else:  # a listed mutant that a test kills was not equivalent: it counts, and the entry is reported
             counted.append(m)
+            if key in reasons:
+                killed_equivalent.append({**_brief(m), "status": m["status"], "reason": reasons[key]})
     status_counts: dict[str, int] = {}
     by_module: dict[str, dict[str, int]] = {}
     for m in counted:
@@ -262,9 +308,13 @@ def summarize(mutants: list[dict[str, Any]], equivalent: list[dict[str, Any]]) -
         "status_counts": dict(sorted(status_counts.items())), "by_module": dict(sorted(by_module.items())),
         "survivors": [_brief(m) for m in counted if m["status"] == "survived"],
         "no_tests": [_brief(m) for m in counted if m["status"] == "no tests"],
+        # counted as killed, but worth a look: a time limit hit under load can pass for a kill
+        "timeouts_and_crashes": [{**_brief(m), "status": m["status"]} for m in counted
+                                 if m["status"] in ("timeout", "segfault")],
         "other": [{**_brief(m), "status": m["status"]} for m in counted
                   if m["status"] not in (*DETECTED, "survived", "no tests")],
         "equivalent": equivalent_out, "equivalent_count": len(equivalent_out), "stale_equivalent": stale,
+        "killed_equivalent": killed_equivalent,
     }
 
 
@@ -287,9 +337,13 @@ def main() -> int:
     parser.add_argument("--max-test-s", type=float, default=MAX_TEST_S,
                         help="tests slower than this (set-up included, as measured in mutmut's stats run) are left "
                              "out of the per-mutant runs")
+    parser.add_argument("--test-budget-s", type=float, default=TEST_BUDGET_S,
+                        help="each mutant runs its fastest tests up to this many seconds in all (as measured in the "
+                             "stats run); a mutant only a later test would kill counts as surviving")
     parser.add_argument("--resume", action="store_true",
-                        help="keep mutants/ and the verdicts of functions unchanged since the last run (mutmut's "
-                             "cache); without it every mutant is run afresh")
+                        help="keep mutants/ and its verdicts: run only the mutants not run yet (new, or of functions "
+                             "changed since) and those that survived or had no test (tests may have been added); "
+                             "without it every mutant is run afresh")
     parser.add_argument("--report-only", action="store_true",
                         help="do not run mutmut: rebuild the JSON from mutants/ (after editing the equivalents)")
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 when the score is below this")
@@ -303,7 +357,7 @@ def main() -> int:
         raise SystemExit(f"--only {args.only} matches no TARGETS entry: {list(TARGETS)}")
     files = target_files(targets)
     if args.mutmut_run:
-        return run_mutmut(files, args.max_children, args.max_test_s, args.debug)
+        return run_mutmut(files, args.max_children, args.max_test_s, args.test_budget_s, args.resume, args.debug)
 
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -312,9 +366,10 @@ def main() -> int:
         if not args.resume:
             shutil.rmtree(REPO / "mutants", ignore_errors=True)
         child = [sys.executable, __file__, "--mutmut-run", "--max-children", str(args.max_children),
-                 "--max-test-s", str(args.max_test_s)]
+                 "--max-test-s", str(args.max_test_s), "--test-budget-s", str(args.test_budget_s)]
         child += ["--only", *args.only] if args.only else []
         child += ["--debug"] if args.debug else []
+        child += ["--resume"] if args.resume else []
         rc = subprocess.run(child, cwd=REPO, env=child_env()).returncode
     wall = time.perf_counter() - start
 
@@ -329,7 +384,8 @@ def main() -> int:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "targets": {k: list(v) if v else "all" for k, v in targets.items()}, "files": list(files),
-        "max_test_s": args.max_test_s, "slow_tests_left_out": slow_tests(args.max_test_s),
+        "max_test_s": args.max_test_s, "test_budget_s": args.test_budget_s,
+        "slow_tests_left_out": slow_tests(args.max_test_s),
         "fail_under": args.fail_under, **summary,
     }
     from bench.io import atomic_write_json
