@@ -10,8 +10,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.record import RECORD_VERSION, load_record  # noqa: F401  (read through here by older callers)
-
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "open_clip_torch", "timm", "faiss-cpu",
             "faiss-gpu-cu12", "numpy", "scikit-image", "datasets", "wandb", "knnclip-bench")
 

@@ -175,13 +175,14 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
         say(_tables(previous))
         return previous
 
-    preflight(spec, cfg.data_root)  # a missing or broken eval file stops the run before a model loads
+    readers: dict = {}  # shared with the DataModule: the files preflight parses are parsed once
+    preflight(spec, cfg.data_root, readers=readers)  # a missing or broken eval file stops it before a model loads
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
     base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
-                            cfg.eval_limit)
+                            cfg.eval_limit, readers)
     ctx = RunContext(cfg, spec, base, dm, out, functools.partial(_trainer, cfg))
     first = previous.steps_done if previous else 0
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import load_record
+from bench.record import load_record
 
 
 @dataclass

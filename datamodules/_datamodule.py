@@ -23,14 +23,17 @@ class SequenceDataModule(L.LightningDataModule):
     """
 
     def __init__(self, spec: SequenceSpec, data_root: str | Path = "data", batch_size: int = 8,
-                 num_workers: int = 0, adapt_limit: int = 0, eval_limit: int = 0) -> None:
+                 num_workers: int = 0, adapt_limit: int = 0, eval_limit: int = 0,
+                 readers: dict[ReaderKey, Reader] | None = None) -> None:
+        """``readers``: a reader cache to share (see :func:`datamodules.sequence.open_reader`), e.g. the one a
+        preflight check filled, so no annotation file is parsed twice."""
         super().__init__()
         self.spec, self.data_root = spec, data_root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.adapt_limit, self.eval_limit = adapt_limit, eval_limit
         self.step = 0
         self._datasets: dict[tuple[int, str], TaskDataset] = {}
-        self._readers: dict[ReaderKey, Reader] = {}
+        self._readers: dict[ReaderKey, Reader] = {} if readers is None else readers
 
     @property
     def tasks(self) -> list[TaskSpec]:

@@ -78,11 +78,13 @@ def open_first_sample(task: TaskSpec, split: SplitSpec, data_root: str | Path,
     return len(dataset)
 
 
-def preflight(spec: SequenceSpec, data_root: str | Path, roles: tuple[str, ...] = ("eval",)) -> None:
+def preflight(spec: SequenceSpec, data_root: str | Path, roles: tuple[str, ...] = ("eval",),
+              readers: dict[ReaderKey, Reader] | None = None) -> None:
     """Open the first sample of the given splits of every task; raise :class:`DataError` naming the task and
     the split at the first that fails. Cheap next to a run (one reader and one image per split), and it finds a
-    missing or truncated eval file before any adapt pass is spent."""
-    readers: dict[ReaderKey, Reader] = {}
+    missing or truncated eval file before any adapt pass is spent. ``readers``: a reader cache the run's
+    DataModule then reuses."""
+    readers = {} if readers is None else readers
     for task in spec.tasks:
         for role in roles:
             split = getattr(task, role)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.references import assert_reproduces, differences, load_reference
 
 from bench.methods.knn import MemoryWriter
 from bench.run import build_config, run
@@ -56,47 +57,6 @@ def test_record_has_the_contract_keys_and_is_on_disk(full_runs):
     assert sizes[0] < sizes[1] < sizes[2]
 
 
-REFERENCES = Path(__file__).resolve().parents[1] / "results" / "reference"
-# Config keys that say where or how visibly a run went, not what it computed.
-WHERE_NOT_WHAT = ("output_dir", "run_id", "progress", "num_workers", "data_root", "max_steps", "wandb",
-                  "wandb_memory")
-
-
-def _reference(sequence: str, method: str) -> dict[str, Any]:
-    return json.loads((REFERENCES / f"{sequence}-{method}.json").read_text())
-
-
-def _differences(record: dict[str, Any], reference: dict[str, Any], tol: float = 1e-6) -> list[str]:
-    """Every matrix cell and summary value of ``reference`` that ``record`` does not reproduce within ``tol``
-    (cells are stored rounded to 4 decimals, so 1e-6 means equal as stored). Deliberately not
-    ``bench.regress.compare``: its tolerances (0.5 points) are for a CI gate across machines, far too wide to
-    catch a wiring bug that moves a score by hundredths."""
-    out = []
-
-    def check(name: str, want: Any, got: Any) -> None:
-        if isinstance(want, list):
-            if not isinstance(got, list) or len(got) != len(want):
-                out.append(f"{name}: {got!r} != {want!r}")
-                return
-            for i, (w, g) in enumerate(zip(want, got)):
-                check(f"{name}[{i}]", w, g)
-        elif (want is None) != (got is None) or (want is not None and not abs(float(got) - float(want)) <= tol):
-            out.append(f"{name}: {got!r} != {want!r}")
-
-    for part in ("matrix", "summary"):
-        if set(record[part].keys()) != set(reference[part]):
-            out.append(f"{part} metrics: {sorted(record[part])} != {sorted(reference[part])}")
-        for metric, want in reference[part].items():
-            got = record[part].get(metric)
-            if isinstance(want, dict):  # a summary: final_average, forgetting (a list), ...
-                got = got if got is not None else {}  # a dict, or a record model with key access
-                for key in sorted(set(want) | set(got.keys())):
-                    check(f"{part}.{metric}.{key}", want.get(key), got.get(key))
-            else:  # a matrix: rows of cells
-                check(f"{part}.{metric}", want, got)
-    return out
-
-
 @pytest.mark.parametrize("method", ["knn", "zeroshot"])
 def test_synth_records_equal_the_committed_references(full_runs, method):
     """Every matrix cell and summary value of the full ``synth`` runs equals ``results/reference/synth-<method>
@@ -104,32 +64,25 @@ def test_synth_records_equal_the_committed_references(full_runs, method):
     ignored (``bench/fusion.py`` ``fuse``), ignore pixels scored as a class (``bench/module.py`` ``test_step``),
     the memory not accumulated, a wrong k or temperature reaching retrieval, PQ summaries mis-averaged. After an
     intended change of the numbers, regenerate the references with ``make reference`` and commit them."""
-    record, reference = full_runs[method], _reference("synth", method)
-    for key in ("sequence", "method", "tasks"):
-        assert record[key] == reference[key], key
-    # Settings the reference predates (added later at their defaults) are not compared; the numbers are.
-    ref_config = {k: v for k, v in reference["config"].items() if k not in WHERE_NOT_WHAT}
-    config = {k: record["config"].get(k) for k in ref_config}
-    assert config == ref_config, "the reference was made with another config: regenerate it (make reference)"
-    assert _differences(record, reference) == []
+    assert_reproduces(full_runs[method], load_reference("synth", method))
 
 
 def test_the_reference_comparison_is_tighter_than_the_regress_gate():
     """The exact comparison above must not lean on ``bench.regress``: a 0.01-point change of one cell passes the
-    gate (tolerance 0.5) but not :func:`_differences`."""
+    gate (tolerance 0.5) but not :func:`differences`."""
     import copy
 
     from bench.regress import compare
 
-    reference = _reference("synth", "knn")
+    reference = load_reference("synth", "knn")
     nudged = copy.deepcopy(reference)
     nudged["matrix"]["miou"][2][0] -= 0.01
     assert not any(row.failed for row in compare(nudged, reference))
-    assert _differences(nudged, reference) == [f"matrix.miou[2][0]: {reference['matrix']['miou'][2][0] - 0.01!r} "
+    assert differences(nudged, reference) == [f"matrix.miou[2][0]: {reference['matrix']['miou'][2][0] - 0.01!r} "
                                                f"!= {reference['matrix']['miou'][2][0]!r}"]
     nudged = copy.deepcopy(reference)
     nudged["summary"]["pq"]["final_average"] = max(nudged["matrix"]["pq"][-1])
-    assert _differences(nudged, reference) == [f"summary.pq.final_average: {max(reference['matrix']['pq'][-1])!r} "
+    assert differences(nudged, reference) == [f"summary.pq.final_average: {max(reference['matrix']['pq'][-1])!r} "
                                                f"!= {reference['summary']['pq']['final_average']!r}"]
 
 
@@ -143,12 +96,12 @@ def test_knn_beats_zeroshot_and_does_not_forget(full_runs):
     knn, zeroshot = (full_runs[m]["matrix"]["miou"] for m in ("knn", "zeroshot"))
     assert all(knn[t][j] > zeroshot[t][j] for t in range(3) for j in range(t + 1)), (knn, zeroshot)
     summary = full_runs["knn"]["summary"]["miou"]
-    want = _reference("synth", "knn")["summary"]["miou"]
+    want = load_reference("synth", "knn")["summary"]["miou"]
     assert summary["forgetting"][-1] is None and want["forgetting"][-1] is None
     assert summary["forgetting"][:-1] == pytest.approx(want["forgetting"][:-1], abs=1e-6)
     assert summary["final_average"] == pytest.approx(want["final_average"], abs=1e-6)
     assert full_runs["zeroshot"]["summary"]["miou"]["final_average"] == pytest.approx(
-        _reference("synth", "zeroshot")["summary"]["miou"]["final_average"], abs=1e-6)
+        load_reference("synth", "zeroshot")["summary"]["miou"]["final_average"], abs=1e-6)
     # zero-shot never changes: every row repeats the diagonal
     assert all(zeroshot[t][j] == zeroshot[j][j] for t in range(3) for j in range(t + 1))
     assert full_runs["zeroshot"]["summary"]["miou"]["forgetting"] == [0.0, 0.0, None]
