@@ -148,8 +148,6 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     from datamodules import SequenceDataModule
 
     method = get_method(cfg.method)
-    if cfg.devices < 1:
-        raise ConfigError(f"devices must be >= 1, got {cfg.devices}")
     if cfg.devices > 1 and not method.distributed:
         raise ConfigError(f"METHOD {method.name!r} runs in one process only (devices=1); devices={cfg.devices} is "
                           f"supported by: {', '.join(n for n, m in methods().items() if m.distributed)}")
