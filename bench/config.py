@@ -10,8 +10,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import field, fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
@@ -35,7 +36,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # outside this, Lightning's se
 @dataclass(config=_CHECKED)
 class ModelConfig:
     name: str = "tiny-random"  # an open_clip model name or a suite config
-    pretrained: str = ""  # open_clip pretrained tag; empty = the model's default weights
+    pretrained: str = ""  # open_clip pretrained tag, or a path to a checkpoint file; empty = the default weights
     seed: Seed = 0  # weights of random-init models
 
 
@@ -49,6 +50,7 @@ class EmbedderConfig:
     kind: str = "clip"  # bench.models registry: clip (the base model's visual tower) or dinov2 (timm)
     name: str = "vit_small_patch14_dinov2"  # for dinov2 (dinov2-tiny-random in tests)
     image_size: NonNegative = 0  # 0 = the embedder's default
+    pretrained: str = ""  # dinov2: empty = timm's hub weights; a path = a checkpoint file (named by sha256)
 
 
 @dataclass(config=_CHECKED)
@@ -56,6 +58,38 @@ class ProposalConfig:
     kind: str = "superpixel"  # bench.proposals registry: gt (oracle) or superpixel (SLIC)
     n_segments: AtLeastOne = 64
     compactness: Annotated[float, Field(ge=0)] = 10.0
+    # superpixel: 0 = SLIC on the full image; n = SLIC on the image scaled so its long side is at most n, the
+    # labels scaled back (nearest): faster, coarser boundaries (README, "Performance")
+    max_side: NonNegative = 0
+
+
+@dataclass(config=_CHECKED)
+class InferenceConfig:
+    """How an image becomes dense features, for the base and the memory embedder alike, at adapt and at eval time.
+
+    ``whole``: resized to the backbone's square input, aspect ratio dropped (the suite's first behaviour).
+    ``slide``: resized keeping the aspect ratio (short side ``short_side``, long side at most ``max_long_side``),
+    cut into ``crop``-sized windows ``stride`` apart, features averaged where windows overlap; as the dense-CLIP
+    harness evaluates (SCLIP, wangf3014/SCLIP@b56bd30, clip_segmentor.py forward_slide and configs/cfg_*.py;
+    the same harness in ClearCLIP and NACLIP). A sequence task may carry its own ``inference:`` block.
+    """
+
+    mode: Literal["whole", "slide"] = "slide"
+    short_side: AtLeastOne = 336  # the harness's ADE20K, VOC, PASCAL Context and COCO-Object setting
+    max_long_side: AtLeastOne = 2048
+    crop: NonNegative = 0  # window side in pixels; 0 = the base model's input size (224 for ViT-B/16)
+    stride: NonNegative = 0  # 0 = half the window
+
+
+@dataclass(config=_CHECKED)
+class TextConfig:
+    """Prompts and class names for the text embeddings (each opt-in; the defaults are the suite's first ones)."""
+
+    templates: Literal["short", "imagenet80"] = "short"  # 7 scene templates, or CLIP's 80 ImageNet templates
+    synonyms: bool = False  # "building, edifice": embed each comma-separated name, average (key stays the line)
+    # > 0: a proposal whose top class probability is below this is labelled with the vocabulary's background
+    # class (a class named "background"); the harness uses 0.1 on VOC-21, PASCAL Context 60 and COCO-Object
+    background_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 @dataclass(config=_CHECKED)
@@ -99,11 +133,14 @@ class RunConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: Seed = 0
     batch_size: AtLeastOne = 8
-    num_workers: NonNegative = 0
+    # "32" on CPU; "bf16-mixed" or "16-mixed" (autocast) on GPU only. Part of the run id: it can change results.
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     data_root: str = "data"
     adapt_limit: NonNegative = 0  # 0 = the sequence's own limits; n = at most n adapt images per task
     eval_limit: NonNegative = 0
@@ -111,7 +148,10 @@ class RunConfig:
     output_dir: str = "results/runs"
     run_id: str = ""  # empty = derived from the model and a hash of the config
     max_steps: NonNegative = 0  # 0 = all; n = stop after n steps (resume later with the same command)
-    devices: AtLeastOne = 1  # n > 1: n processes on this machine (CPU DDP over gloo); knn and zeroshot only
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # auto = a GPU when one is visible, else the CPU
+    devices: AtLeastOne = 1  # processes per node (GPUs, or CPU processes over gloo); > 1 = DDP; knn and zeroshot
+    num_nodes: AtLeastOne = 1  # machines; one command per node (torchrun / SLURM, README "Running on GPUs")
+    num_workers: NonNegative = field(default_factory=lambda: default_workers())  # decoding and CPU proposals
     progress: bool = True
     wandb: bool = True  # W&B logging (online with a login, offline without); CSV logs are always written
     wandb_memory: bool = False  # upload the final memory as a W&B artifact (knn)
@@ -120,10 +160,16 @@ class RunConfig:
 # Upper-case names as the Makefile passes them.
 ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRAINED": "model.pretrained",
            "BASE": "base.kind", "EMBEDDER": "embedder.kind", "PROPOSALS": "proposals.kind", "DATA_ROOT": "data_root",
-           "SEED": "seed", "RUN_ID": "run_id", "DEVICES": "devices"}
+           "SEED": "seed", "RUN_ID": "run_id", "DEVICES": "devices", "ACCELERATOR": "accelerator",
+           "PRECISION": "precision", "NUM_NODES": "num_nodes"}
 RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory",
-                 "devices")
+                 "devices", "accelerator", "num_nodes")
 _KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are asked for: one per core but one (kept for the main process), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def _leaf_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -164,6 +210,8 @@ def _expected(cls: type, name: str) -> str:
         span = f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
     else:
         span = f" {'<=' if high and high[-1] == ']' else '<'} {high[:-1]}" if high else ""
+    if get_origin(info.annotation) is Literal:
+        return "one of " + ", ".join(str(v) for v in get_args(info.annotation))
     return _KINDS.get(info.annotation, str(info.annotation)) + span
 
 
@@ -194,6 +242,8 @@ def set_value(cfg: RunConfig, key: str, raw: Any, label: str | None = None) -> N
         value = raw
     kind = type(target).__pydantic_fields__[leaf].annotation
     wrong = f"{label}: must be {_expected(type(target), leaf)}, got {raw!r}"
+    if get_origin(kind) is Literal:  # a choice of words (precision "32" is a word, not a number)
+        kind = str
     if kind is str and not isinstance(value, (dict, list)):
         value = "" if value is None else str(raw if isinstance(raw, str) else value)
     elif isinstance(value, bool) != (kind is bool):  # only true/false for a switch, never as a number
@@ -244,7 +294,34 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Settings added after the first runs were named, at the values that do what those runs did: left out of the
+# hash, so the runs and references named before them keep their names. ``inference`` is left out in ``whole``
+# mode (the suite's first behaviour, where its other fields have no effect).
+_LATER_NEUTRAL = {("precision",): "32", ("embedder", "pretrained"): "", ("proposals", "max_side"): 0,
+                  ("text",): dataclasses.asdict(TextConfig())}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Hash of everything that can change results (not where or how the run is stored)."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
+    for (*path, leaf), neutral in _LATER_NEUTRAL.items():
+        holder = d
+        for part in path:
+            holder = holder[part]
+        if holder[leaf] == neutral:
+            del holder[leaf]
+    if d["inference"]["mode"] == "whole":
+        del d["inference"]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def task_inference(cfg: RunConfig, task: Any, where: str = "") -> InferenceConfig:
+    """The inference settings of one task: the run's, with the task's own ``inference:`` block over them (a
+    cross-dataset sequence mixes datasets with different published settings). Errors name the YAML task field."""
+    if not getattr(task, "inference", None):
+        return cfg.inference
+    holder = RunConfig(inference=dataclasses.replace(cfg.inference))
+    label = f"{where}: task {task.name!r}: inference" if where else f"task {task.name!r}: inference"
+    for key, value in task.inference.items():
+        set_value(holder, f"inference.{key}", value, f"{label}.{key}")
+    return holder.inference

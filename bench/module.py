@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from bench.dense import WHOLE, DenseFeatures, dense_features
 from bench.inference import panoptic_from_proposals, semantic_from_proposals
 from bench.metrics import MeanIoU, PanopticQuality
 from bench.models import BaseSegmenter, DenseBackbone
@@ -21,22 +22,26 @@ from datamodules.contract import IGNORE_INDEX
 from datamodules.vocabulary import Vocabulary
 
 
-def dense_batch(backbone: DenseBackbone, batch: list[dict[str, Any]]) -> torch.Tensor:
-    """float ``B×D×h×w`` features of a list of samples, each resized by the backbone's own transform."""
-    images = torch.stack([backbone.preprocess(s["image"]) for s in batch])
-    return backbone.dense_features(images)
+def dense_batch(backbone: DenseBackbone, batch: list[dict[str, Any]], protocol: Any = WHOLE,
+                input_size: int | None = None) -> list[DenseFeatures]:
+    """Dense features of each sample's image under the inference protocol (``input_size``: the base model's input,
+    which sets slide windows by default)."""
+    return dense_features([backbone], [s["image"] for s in batch], protocol, input_size)[0]
 
 
-def eval_features(base: BaseSegmenter, embedder: DenseBackbone | None, batch: list[dict[str, Any]]
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Base features, and the memory embedder's when there is one. An embedder that is the base's own visual
-    tower (embedder=clip) shares all blocks but the last with it, so both come from one pass."""
+def eval_features(base: BaseSegmenter, embedder: DenseBackbone | None, batch: list[dict[str, Any]],
+                  protocol: Any = WHOLE) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
+    """Base features, and the memory embedder's when there is one, per sample. An embedder that is the base's own
+    visual tower (embedder=clip) shares all blocks but the last with it, so both come from one pass."""
+    images = [s["image"] for s in batch]
+    size = getattr(base, "image_size", None)
     if embedder is None:
-        return dense_batch(base, batch), None
+        return dense_features([base], images, protocol, size)[0], None
     if getattr(embedder, "base", None) is base and hasattr(base, "dense_and_token_features"):
-        images = torch.stack([base.preprocess(s["image"]) for s in batch])
-        return base.dense_and_token_features(images)
-    return dense_batch(base, batch), dense_batch(embedder, batch)
+        both = dense_features([base, embedder], images, protocol, size, joint=base.dense_and_token_features)
+    else:
+        both = dense_features([base, embedder], images, protocol, size)
+    return both[0], both[1]
 
 
 class ContinualSegmenter(L.LightningModule):
@@ -47,23 +52,31 @@ class ContinualSegmenter(L.LightningModule):
         self.metrics = torch.nn.ModuleList()
         self.pq_metrics = torch.nn.ModuleList()
         self.scores: list[dict[str, Any]] = []
+        self.protocols: list[Any] = []
 
-    def begin_eval(self, vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool] | None = None) -> None:
-        """Score each vocabulary with mIoU, and with PQ where ``panoptic[j]`` (real instance annotations)."""
+    def begin_eval(self, vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool] | None = None,
+                   protocols: Sequence[Any] | None = None) -> None:
+        """Score each vocabulary with mIoU, and with PQ where ``panoptic[j]`` (real instance annotations);
+        ``protocols[j]``: task j's inference protocol (default: ``whole``)."""
         self.vocabularies = list(vocabularies)
+        self.protocols = list(protocols or [WHOLE] * len(vocabularies))
         self.head.begin(self.vocabularies)
         self.metrics = torch.nn.ModuleList([MeanIoU(len(v), ignore_index=IGNORE_INDEX) for v in vocabularies])
         flags = panoptic or [False] * len(vocabularies)
         self.pq_metrics = torch.nn.ModuleList([PanopticQuality(len(v), v.is_thing) if f else torch.nn.Identity()
                                                for v, f in zip(vocabularies, flags)])
 
-    def eval_features(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return eval_features(self.base, self.head.embedder, batch)
+    def eval_features(self, batch: list[dict[str, Any]], task: int = 0
+                      ) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
+        protocol = self.protocols[task] if self.protocols else WHOLE
+        return eval_features(self.base, self.head.embedder, batch, protocol)
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> None:
-        base_feats, memory_feats = self.eval_features(batch)
+        base_feats, memory_feats = self.eval_features(batch, dataloader_idx)
         for i, sample in enumerate(batch):
-            label_map = self.proposer(sample).to(base_feats.device)
+            # proposals made in a DataLoader worker arrive with the sample; a model proposer runs here
+            label_map = sample["proposals"] if "proposals" in sample else self.proposer(sample)
+            label_map = label_map.to(base_feats[i].device)
             probs = self.head(label_map, base_feats[i], None if memory_feats is None else memory_feats[i],
                               dataloader_idx)
             self.metrics[dataloader_idx].update(semantic_from_proposals(label_map, probs), sample["semantic"])
@@ -82,10 +95,12 @@ class ContinualSegmenter(L.LightningModule):
 
 
 def evaluate_tasks(trainer: Callable[[], Any], module: ContinualSegmenter, datamodule: Any,
-                   vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool]) -> list[dict[str, Any]]:
-    """One test pass over the datamodule's eval loaders (one per vocabulary). Returns per vocabulary ``miou``
-    (tensor), ``per_class_iou`` (tensor ``[C]``) and ``pq`` (PQ/SQ/RQ dict, or None where not panoptic)."""
-    module.begin_eval(vocabularies, panoptic)
+                   vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool],
+                   protocols: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """One test pass over the datamodule's eval loaders (one per vocabulary; ``protocols``: each one's inference
+    protocol, default ``whole``). Returns per vocabulary ``miou`` (tensor), ``per_class_iou`` (tensor ``[C]``) and
+    ``pq`` (PQ/SQ/RQ dict, or None where not panoptic)."""
+    module.begin_eval(vocabularies, panoptic, protocols)
     trainer().test(module, datamodule=datamodule, verbose=False)
     scores, module.scores = module.scores, []
     return scores

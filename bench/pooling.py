@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -22,3 +24,11 @@ def pool_features(features: torch.Tensor, label_map: torch.Tensor, num_regions: 
     weights = counts.view(num_regions + 1, h * w)[1:].to(features.dtype)
     pooled = weights @ features.reshape(d, h * w).T
     return pooled / weights.sum(1, keepdim=True).clamp_min(1)
+
+
+def pool_regions(features: Any, label_map: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """:func:`pool_features` for a feature map given as a tensor ``D×h×w`` spanning the image, or the pooling of a
+    :class:`bench.dense.DenseFeatures` (windows under an inference protocol) for anything with ``pool``."""
+    if isinstance(features, torch.Tensor):
+        return pool_features(features, label_map, num_regions)
+    return features.pool(label_map, num_regions)

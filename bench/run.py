@@ -14,7 +14,17 @@ from typing import Any
 import torch
 
 from bench import continual, resume
-from bench.config import RunConfig, apply_mapping, config_hash, parse_overrides, set_value, to_dict, validate
+from bench.config import (
+    RunConfig,
+    apply_mapping,
+    config_hash,
+    parse_overrides,
+    set_value,
+    task_inference,
+    to_dict,
+    validate,
+)
+from bench.devices import placement
 from bench.distributed import barrier, is_rank_zero
 from bench.errors import ConfigError, DamagedStateError
 from bench.io import atomic_write_json, atomic_write_text, write_sidecar
@@ -48,6 +58,8 @@ def build_config(args: list[str]) -> tuple[RunConfig, SequenceSpec]:
     for key, value in overrides.items():
         set_value(cfg, key, value, f"command line: {key}")
     validate(cfg)
+    for task in spec.tasks:  # a bad per-task inference block stops here, naming the YAML task
+        task_inference(cfg, task, str(shown))
     get_method(cfg.method)
     INDEX_KINDS.get(cfg.knn.index)  # an unknown kind stops here rather than at the first memory
     return cfg, spec
@@ -103,12 +115,16 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
     callbacks = []
     if checkpoint_dir is not None:  # fine-tuning: resumable mid-step from the last finished epoch
         callbacks.append(_checkpoint(checkpoint_dir))
-    ddp = cfg.devices > 1
-    return L.Trainer(accelerator="cpu", devices=cfg.devices, strategy="ddp" if ddp else "auto",
+    where = placement(cfg)
+    ddp = where.world > 1
+    # Deterministic algorithms on the CPU (records are reproducible bit for bit); on GPUs an operation without a
+    # deterministic CUDA kernel warns instead of stopping the run (records agree within the gpu-check tolerance).
+    return L.Trainer(accelerator=where.accelerator, devices=where.devices, num_nodes=where.num_nodes,
+                     precision=where.precision, strategy="ddp" if ddp else "auto",
                      use_distributed_sampler=False,  # the datamodule shards without padding (bench.sampling)
                      logger=False, enable_checkpointing=checkpoint_dir is not None,
                      callbacks=callbacks, enable_model_summary=False, enable_progress_bar=cfg.progress and not ddp,
-                     max_epochs=max_epochs, deterministic=True)
+                     max_epochs=max_epochs, deterministic=True if where.accelerator == "cpu" else "warn")
 
 
 def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> RunRecord:
@@ -133,6 +149,7 @@ def run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None = None) -
     run folder is created and locked first (:func:`bench.resume.claim`): an unwritable output folder or a second
     command on the same run stops here, before a model loads."""
     resume.check_recompute_from(recompute_from, len(spec.tasks))
+    placement(cfg)  # accelerator / precision errors before the run folder is made
     with resume.claim(run_dir(cfg, spec)):
         return _run(cfg, spec, recompute_from)
 
@@ -140,6 +157,7 @@ def run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None = None) -
 def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunRecord:
     import lightning as L
 
+    from bench.dense import check_protocol
     from bench.loggers import finish, log_final, log_results, make_loggers
     from bench.models import base_weights_identity, build_base
     from bench.module import ContinualSegmenter
@@ -148,9 +166,11 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     from datamodules import SequenceDataModule
 
     method = get_method(cfg.method)
-    if cfg.devices > 1 and not method.distributed:
-        raise ConfigError(f"METHOD {method.name!r} runs in one process only (devices=1); devices={cfg.devices} is "
-                          f"supported by: {', '.join(n for n, m in methods().items() if m.distributed)}")
+    where = placement(cfg)  # a GPU asked for and not there stops here, before a model loads
+    if where.world > 1 and not method.distributed:
+        raise ConfigError(f"METHOD {method.name!r} runs in one process only (devices=1, num_nodes=1); "
+                          f"devices={cfg.devices} x num_nodes={cfg.num_nodes} is supported by: "
+                          f"{', '.join(n for n, m in methods().items() if m.distributed)}")
     out = run_dir(cfg, spec)
     record_path = out / "record.json"
     previous = load_record(record_path) if record_path.exists() else None
@@ -178,6 +198,9 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
     base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
+    for task in spec.tasks:  # windows need the base's input size: checked once it is known
+        label = "inference" if not task.inference else f"{spec.path}: task {task.name!r}: inference"
+        check_protocol(task_inference(cfg, task), base.image_size, label)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
                             cfg.eval_limit, readers)
@@ -193,6 +216,7 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     record = previous or new_record(cfg, spec, method, base, method.head.embedder)
     record.git_commit, record.versions = git_commit(), package_versions()
     record.timings["model_load_s"] = round(time.perf_counter() - start, 3)
+    record.timings["placement"] = where.describe()
     if first:
         say(f"resuming {out} after step {first} of {len(spec.tasks)}")
     last = len(spec.tasks) if not cfg.max_steps else min(len(spec.tasks), first + cfg.max_steps)
@@ -296,7 +320,9 @@ def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecor
 
     tick = time.perf_counter()
     panoptic = [dm.eval_dataset(j).panoptic for j in range(t + 1)]
-    scores = evaluate_tasks(ctx.trainer, module, dm, [spec.tasks[j].vocabulary for j in range(t + 1)], panoptic)
+    protocols = [task_inference(ctx.cfg, spec.tasks[j]) for j in range(t + 1)]
+    scores = evaluate_tasks(ctx.trainer, module, dm, [spec.tasks[j].vocabulary for j in range(t + 1)], panoptic,
+                            protocols)
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
     timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
 

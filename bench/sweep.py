@@ -96,6 +96,7 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     """Re-score the final evaluation of the finished knn run in ``run_folder`` (config ``cfg``, sequence
     ``spec``) under each fusion point. With ``anchor_row`` (the run's recorded final mIoU row), the point equal
     to the run's own setting must reproduce it, else ``RuntimeError``."""
+    from bench.config import task_inference
     from bench.inference import semantic_from_proposals
     from bench.methods import RunContext, get_method
     from bench.models import build_base
@@ -126,8 +127,9 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
             # Features, proposals and targets once per image, held in memory; only the head's settings vary.
             images = []
             for batch in loader:
-                base_feats, memory_feats = eval_features(base, head.embedder, batch)  # as test_step does
-                images += [(proposer(sample).to(base_feats.device), base_feats[i], memory_feats[i],
+                protocol = task_inference(cfg, spec.tasks[j])
+                base_feats, memory_feats = eval_features(base, head.embedder, batch, protocol)  # as test_step does
+                images += [(proposer(sample).to(base_feats[i].device), base_feats[i], memory_feats[i],
                             sample["semantic"]) for i, sample in enumerate(batch)]
             for p, point_head in enumerate(heads):
                 for label_map, base_f, memory_f, target in images:

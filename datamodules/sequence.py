@@ -80,6 +80,7 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)
     dataset_vocabulary: Vocabulary | None = None
     class_ids: tuple[int, ...] | None = None
+    inference: dict[str, Any] = field(default_factory=dict)  # the task's own inference settings (run config keys)
 
     @property
     def reader_vocabulary(self) -> Vocabulary:
@@ -94,7 +95,8 @@ class TaskSpec:
         return {"format": self.format, "root": self.root, "vocabulary": _digest([vocab.classes, vocab.is_thing]),
                 "classes": "all" if self.class_ids is None else _digest(self.class_ids),
                 "adapt": _split_text(self.adapt), "eval": _split_text(self.eval),
-                "options": options if len(options) <= 80 else _digest(options)}
+                "options": options if len(options) <= 80 else _digest(options),
+                **({"inference": json.dumps(self.inference, sort_keys=True)} if self.inference else {})}
 
 
 @dataclass
@@ -198,7 +200,7 @@ def _task(m: TaskModel, path: Path) -> TaskSpec:
     return TaskSpec(name=m.name, format=m.format, root=m.root, vocabulary=vocab,
                     adapt=SplitSpec(m.adapt.split, m.adapt.limit or 0), eval=SplitSpec(m.eval.split, m.eval.limit or 0),
                     options=dict(m.options or {}), dataset_vocabulary=None if class_ids is None else full,
-                    class_ids=class_ids)
+                    class_ids=class_ids, inference=dict(m.inference or {}))
 
 
 def content_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[str]:

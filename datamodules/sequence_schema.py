@@ -27,6 +27,7 @@ EXPECTED = {
     "eval": "a split name or {split: NAME, limit: N}",
     "split": "a split name (a non-empty string)",
     "options": "a mapping of reader options",
+    "inference": "a mapping of inference settings (mode, short_side, max_long_side, crop, stride)",
     "defaults": "a mapping of run settings",
     "tasks": "a list of tasks",
 }
@@ -52,6 +53,8 @@ class TaskModel(_Strict):
     adapt: SplitModel
     eval: SplitModel
     options: dict[str, Any] | None = None
+    # this task's inference protocol (mode, short_side, ...), over the run's; checked by the run config
+    inference: dict[str, Any] | None = None
 
     @field_validator("adapt", "eval", mode="before")
     @classmethod

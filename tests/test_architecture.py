@@ -14,7 +14,8 @@ PACKAGES = ("bench", "datamodules")
 # Layers, lowest first; a module may import its own layer or lower ones. First matching prefix wins.
 LAYERS = [
     ("data", ("datamodules",)),
-    ("library", ("bench.errors", "bench.io", "bench.models", "bench.proposals", "bench.pooling", "bench.memory",
+    ("library", ("bench.errors", "bench.io", "bench.models", "bench.proposals", "bench.pooling", "bench.dense",
+                 "bench.memory",
                  "bench.heads", "bench.fusion", "bench.inference", "bench.metrics", "bench.continual",
                  "bench.distributed", "bench.sampling")),
     ("engine", ("bench.config", "bench.record", "bench.module", "bench.methods", "bench.baselines")),

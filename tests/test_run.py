@@ -122,11 +122,11 @@ def test_interrupted_run_resumes_at_the_next_step(tmp_path, monkeypatch):
     adapted: list[str] = []
     original = MemoryWriter.__init__
 
-    def spy(self, embedder, memory, vocabulary):
+    def spy(self, embedder, memory, vocabulary, *rest):
         adapted.append(vocabulary.name)
         if vocabulary.name == "beach" and crash["on"]:
             raise KeyboardInterrupt("killed during step 2")
-        return original(self, embedder, memory, vocabulary)
+        return original(self, embedder, memory, vocabulary, *rest)
 
     crash = {"on": True}
     monkeypatch.setattr(MemoryWriter, "__init__", spy)

@@ -14,38 +14,43 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.dense import WHOLE, dense_features
 from bench.io import cache_dir, read_cache, write_state_bytes
-from bench.proposals import pool_features
 
 
-def _key(identity: str, dataset: Any) -> str:
+def _key(identity: str, dataset: Any, protocol: Any) -> str:
     task = dataset.task
     desc = {"model": identity, "task": task.name, "format": task.format, "root": task.root,
             "options": task.options, "classes": list(dataset.vocabulary.classes), "length": len(dataset),
             "split": getattr(dataset.reader, "split", None)}
+    if protocol.mode != "whole":
+        desc["inference"] = [protocol.mode, protocol.short_side, protocol.max_long_side, protocol.crop,
+                             protocol.stride]
     return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
-def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8) -> tuple[torch.Tensor, list[str]]:
+def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8, protocol: Any = WHOLE
+                    ) -> tuple[torch.Tensor, list[str]]:
     """float32 ``N×D`` L2-normalised embeddings of every non-crowd ground-truth segment, and their class names.
 
     ``base`` is a base segmenter (its dense features, the ones classified against text); ``dataset`` a
-    :class:`datamodules.sequence.TaskDataset`. Cached under ``<cache>/features/``.
+    :class:`datamodules.sequence.TaskDataset`; ``protocol`` the task's inference protocol. Cached under
+    ``<cache>/features/``.
     """
-    path = cache_dir() / "features" / f"{_key(base.identity, dataset)}.pt"
+    path = cache_dir() / "features" / f"{_key(base.identity, dataset, protocol)}.pt"
     cached = read_cache(path, "mask-embedding cache", ("embeddings", "names"))
     if cached is not None:
         return cached["embeddings"], cached["names"]
     embeddings, names = [], []
     for start in range(0, len(dataset), batch_size):
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([base.preprocess(s["image"]) for s in batch])
-        for sample, feats in zip(batch, base.dense_features(images)):
+        features = dense_features([base], [s["image"] for s in batch], protocol, getattr(base, "image_size", None))
+        for sample, feats in zip(batch, features[0]):
             classes = sample["segment_classes"]
             areas = torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:]
             keep = ~sample["segment_iscrowd"] & (areas > 0)
-            pooled = pool_features(feats, sample["segments"], len(classes))[keep]
+            pooled = feats.pool(sample["segments"], len(classes))[keep]
             embeddings.append(F.normalize(pooled, dim=1))
             names += [dataset.vocabulary.classes[c] for c in classes[keep].tolist()]
     out = torch.cat(embeddings).float() if embeddings else torch.zeros(0, base.dim)

@@ -11,6 +11,7 @@ import torch
 
 from bench.baselines.adapter import Adapter, AdapterTraining, count_parameters
 from bench.baselines.features import mask_embeddings
+from bench.config import task_inference
 from bench.errors import DamagedStateError, first_line
 from bench.heads import AdapterHead
 from bench.io import read_state_bytes, verify_sidecar, write_state_bytes
@@ -93,7 +94,8 @@ class AdapterFinetune(Method):
     def _training_data(self, ctx: RunContext, t: int) -> tuple[torch.Tensor, list[str]]:
         base, dm = ctx.base, ctx.dm
         tasks = range(t + 1) if self.joint else [t]
-        parts = [mask_embeddings(base, dm.adapt_dataset(j), ctx.cfg.batch_size) for j in tasks]
+        parts = [mask_embeddings(base, dm.adapt_dataset(j), ctx.cfg.batch_size,
+                                 task_inference(ctx.cfg, ctx.spec.tasks[j])) for j in tasks]
         if self.replay:
             parts.append(self.buffer)
         return torch.cat([p[0] for p in parts]), [n for p in parts for n in p[1]]
@@ -122,7 +124,8 @@ class AdapterFinetune(Method):
 
     def _update_buffer(self, ctx: RunContext, t: int) -> None:
         """Keep the first ``replay_per_class`` embeddings of each class of task t (a fixed, seedless choice)."""
-        x, names = mask_embeddings(ctx.base, ctx.dm.adapt_dataset(t), ctx.cfg.batch_size)
+        x, names = mask_embeddings(ctx.base, ctx.dm.adapt_dataset(t), ctx.cfg.batch_size,
+                                   task_inference(ctx.cfg, ctx.spec.tasks[t]))
         per_class = ctx.cfg.finetune.replay_per_class
         counts: dict[str, int] = {}
         for n in self.buffer[1]:

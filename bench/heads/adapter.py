@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bench.heads.zeroshot import ZeroShotHead
@@ -13,6 +15,6 @@ class AdapterHead(ZeroShotHead):
         super().__init__(base)
         self.adapter = adapter
 
-    def forward(self, label_map: torch.Tensor, base_feats: torch.Tensor, memory_feats: torch.Tensor | None,
+    def forward(self, label_map: torch.Tensor, base_feats: Any, memory_feats: Any,
                 task: int) -> torch.Tensor:
         return self.text_probabilities(self.adapter(self.pooled(label_map, base_feats)), task)

@@ -14,7 +14,7 @@ from bench.fusion import fuse, retrieval_distribution
 from bench.heads.zeroshot import ZeroShotHead
 from bench.memory import Memory
 from bench.models import BaseSegmenter, DenseBackbone
-from bench.pooling import pool_features
+from bench.pooling import pool_regions
 from datamodules.vocabulary import Vocabulary
 
 
@@ -41,13 +41,13 @@ class KnnHead(ZeroShotHead):
         local = {name: i for i, name in enumerate(vocabulary.classes)}
         return np.array([local.get(n, -1) for n in self.memory.names] + [-1], dtype=np.int64)
 
-    def forward(self, label_map: torch.Tensor, base_feats: torch.Tensor, memory_feats: torch.Tensor | None,
+    def forward(self, label_map: torch.Tensor, base_feats: Any, memory_feats: Any,
                 task: int) -> torch.Tensor:
         probs = super().forward(label_map, base_feats, None, task)
         if memory_feats is None:
             raise ValueError("the kNN head needs the memory embedder's features")
         num = probs.shape[0]
-        queries = F.normalize(pool_features(memory_feats, label_map, num), dim=1)
+        queries = F.normalize(pool_regions(memory_feats, label_map, num), dim=1)
         vocabulary = self.vocabularies[task]
         s = self.settings
         scores, ids = self.memory.search(queries.float().cpu().numpy(), s.k, allowed=vocabulary.classes)

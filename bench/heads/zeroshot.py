@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bench.models import BaseSegmenter, DenseBackbone
-from bench.pooling import pool_features
+from bench.pooling import pool_regions
 from datamodules.vocabulary import Vocabulary
 
 
@@ -27,16 +28,17 @@ class ZeroShotHead(torch.nn.Module):
         self.vocabularies = list(vocabularies)
         self.text = [self.base.text_embeddings(list(v.classes)) for v in self.vocabularies]
 
-    def pooled(self, label_map: torch.Tensor, base_feats: torch.Tensor) -> torch.Tensor:
+    def pooled(self, label_map: torch.Tensor, base_feats: Any) -> torch.Tensor:
         """L2-normalised float ``Q×D`` base features of the proposals (``Q`` = largest label)."""
         num = int(label_map.max()) if label_map.numel() else 0
-        return F.normalize(pool_features(base_feats, label_map, num), dim=1)
+        return F.normalize(pool_regions(base_feats, label_map, num), dim=1)
 
     def text_probabilities(self, pooled: torch.Tensor, task: int) -> torch.Tensor:
         return torch.softmax(self.base.logit_scale * pooled @ self.text[task].T.to(pooled), dim=1)
 
-    def forward(self, label_map: torch.Tensor, base_feats: torch.Tensor, memory_feats: torch.Tensor | None,
+    def forward(self, label_map: torch.Tensor, base_feats: Any, memory_feats: Any,
                 task: int) -> torch.Tensor:
-        """label_map: int64 ``H×W`` (0 = uncovered); base_feats: float ``D×h×w``; memory_feats: float
-        ``E×h'×w'`` or None. Returns float ``Q×C``, rows summing to 1."""
+        """label_map: int64 ``H×W`` (0 = uncovered); base_feats: the base's features (a
+        :class:`bench.dense.DenseFeatures`, or a float ``D×h×w`` map spanning the image); memory_feats: the
+        memory embedder's, likewise, or None. Returns float ``Q×C``, rows summing to 1."""
         return self.text_probabilities(self.pooled(label_map, base_feats), task)

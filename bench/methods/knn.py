@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.dense import WHOLE
 from bench.distributed import gather_in_shard_order, is_rank_zero, world_size
 from bench.heads import KnnHead
 from bench.memory import Memory
 from bench.methods import METHODS, Method, RunContext
 from bench.models import DenseBackbone
 from bench.module import dense_batch
-from bench.pooling import pool_features
 from datamodules.vocabulary import Vocabulary
 
 
@@ -25,17 +25,21 @@ class MemoryWriter(L.LightningModule):
     """The adapt pass (``trainer.predict``, inference mode): every non-crowd ground-truth segment of the task's
     adapt split, mask-pooled from the embedder's features, goes into the memory with its class name."""
 
-    def __init__(self, embedder: DenseBackbone, memory: Memory, vocabulary: Vocabulary) -> None:
+    def __init__(self, embedder: DenseBackbone, memory: Memory, vocabulary: Vocabulary, protocol: Any = WHOLE,
+                 input_size: int | None = None) -> None:
+        """``protocol``: the task's inference protocol (the features evaluation will pool); ``input_size``: the
+        base model's input size, which sets slide windows by default."""
         super().__init__()
         self.embedder, self.memory, self.vocabulary = embedder, memory, vocabulary
+        self.protocol, self.input_size = protocol, input_size
         self._pending: list[tuple[np.ndarray, list[str]]] = []  # DDP: this rank's share
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
-        features = dense_batch(self.embedder, batch)
+        features = dense_batch(self.embedder, batch, self.protocol, self.input_size)
         samples = []  # per sample: (unit embeddings of its segments, their class names)
         for sample, feats in zip(batch, features):
             classes, crowd = sample["segment_classes"], sample["segment_iscrowd"]
-            pooled = pool_features(feats, sample["segments"], len(classes))
+            pooled = feats.pool(sample["segments"], len(classes))
             keep = ~crowd & (torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:] > 0)
             samples.append((F.normalize(pooled[keep], dim=1).float().cpu().numpy(),
                             [self.vocabulary.classes[c] for c in classes[keep].tolist()]))
@@ -84,7 +88,11 @@ class KnnMemory(Method):
     def adapt(self, ctx: RunContext, t: int) -> dict[str, Any]:
         memory = self._head.memory
         before = len(memory)
-        writer = MemoryWriter(self._head.embedder, memory, ctx.spec.tasks[t].vocabulary)
+        from bench.config import task_inference
+
+        task = ctx.spec.tasks[t]
+        writer = MemoryWriter(self._head.embedder, memory, task.vocabulary, task_inference(ctx.cfg, task),
+                              ctx.base.image_size)
         ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
         if is_rank_zero():  # every rank holds the same memory (MemoryWriter.on_predict_epoch_end)
             memory.save(self.state_path(ctx.out, t + 1))

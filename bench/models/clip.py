@@ -191,10 +191,38 @@ class OpenClipBase(torch.nn.Module):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         return resize_normalize(image, self.image_size, self.mean, self.std)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float ``3×H×W`` in [0, 1] → normalised as the model expects."""
+        return normalize(x, self.mean, self.std)
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.visual.patch_size[0]
+
+    def _embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch and class embeddings; at a size other than the trained one, with the positional embedding's grid
+        resized (bicubic), as the dense-CLIP harness runs windows of other sizes."""
+        visual = self.model.visual
+        if images.shape[-1] == self.image_size and images.shape[-2] == self.image_size:
+            return visual._embeds(images)
+        x = visual.conv1(images)
+        gh, gw = x.shape[-2:]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self._positions(gh, gw).to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
+    def _positions(self, gh: int, gw: int) -> torch.Tensor:
+        pos = self.model.visual.positional_embedding
+        side = self.image_size // self.patch_size
+        grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid[0].permute(1, 2, 0).reshape(gh * gw, -1).to(pos.dtype)])
+
     def _trunk(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens after every block but the last, in the transformer's own layout (batch first or not)."""
         visual = self.model.visual
-        x = visual._embeds(images)
+        x = self._embeds(images)
         x = x if getattr(visual.transformer, "batch_first", True) else x.transpose(0, 1)
         for block in visual.transformer.resblocks[:-1]:
             x = block(x)
@@ -216,7 +244,7 @@ class OpenClipBase(torch.nn.Module):
 
     def tokens(self, images: torch.Tensor, last_block: str) -> tuple[torch.Tensor, int]:
         """Patch tokens ``B×N×W`` after all blocks but the last, then the last one as ``full`` or ``value``."""
-        grid = images.shape[-1] // self.model.visual.patch_size[0]
+        grid = images.shape[-1] // self.patch_size
         return self._last(self._trunk(images), grid, last_block), grid
 
     def _dense(self, tokens: torch.Tensor, grid: int) -> torch.Tensor:
@@ -231,7 +259,7 @@ class OpenClipBase(torch.nn.Module):
     def dense_and_token_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`dense_features` and :class:`ClipVisualEmbedder`'s features from one pass through the shared
         blocks (all but the last): the same numbers as the two calls, for about half the cost."""
-        grid = images.shape[-1] // self.model.visual.patch_size[0]
+        grid = images.shape[-1] // self.patch_size
         trunk = self._trunk(images)
         full = self._last(trunk, grid, "full")
         return self._dense(self._last(trunk, grid, "value"), grid), _grid(full, grid)
@@ -246,11 +274,12 @@ class OpenClipBase(torch.nn.Module):
         if cached is not None and cached["classes"] == list(class_names) and cached["identity"] == self.identity:
             return cached["embeddings"]
         prompts = [t.format(name) for name in class_names for t in PROMPT_TEMPLATES]
+        device = self.model.logit_scale.device
         # One batched pass over all prompts (chunked): per-class calls cost seconds on 1203 LVIS classes.
-        encoded = torch.cat([self.model.encode_text(self._tokenizer(prompts[i:i + 512])).float()
+        encoded = torch.cat([self.model.encode_text(self._tokenizer(prompts[i:i + 512]).to(device)).float()
                              for i in range(0, len(prompts), 512)])
         per_class = F.normalize(encoded, dim=-1).view(len(class_names), len(PROMPT_TEMPLATES), -1).mean(1)
-        embeddings = F.normalize(per_class, dim=-1)
+        embeddings = F.normalize(per_class, dim=-1).cpu()
         buf = io.BytesIO()
         torch.save({"identity": self.identity, "classes": list(class_names), "embeddings": embeddings}, buf)
         write_state_bytes(path, buf.getvalue())
@@ -265,9 +294,13 @@ class ClipVisualEmbedder(torch.nn.Module):
         self.base = base
         self.dim = base.model.visual.transformer.width
         self.identity = f"{base.identity}:tokens"
+        self.image_size, self.patch_size = base.image_size, base.patch_size
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         return self.base.preprocess(image)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.normalize(x)
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.base.tokens(images, last_block="full")
@@ -289,4 +322,9 @@ def resize_normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: to
     x = image.float().unsqueeze(0) / 255.0
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return ((x[0] - mean.view(3, 1, 1)) / std.view(3, 1, 1)).contiguous()
+    return normalize(x[0], mean, std)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """float ``3×H×W`` in [0, 1] → ``(x - mean) / std`` per channel, on ``x``'s device."""
+    return ((x - mean.to(x.device).view(3, 1, 1)) / std.to(x.device).view(3, 1, 1)).contiguous()

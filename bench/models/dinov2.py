@@ -8,7 +8,7 @@ import torch
 
 from bench.errors import ConfigError, WeightsUnavailable, first_line
 from bench.models import EMBEDDERS
-from bench.models.clip import resize_normalize
+from bench.models.clip import normalize, resize_normalize
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225))
@@ -32,14 +32,16 @@ class Dinov2Embedder(torch.nn.Module):
             arch, kwargs, _ = TINY_CONFIGS[name]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model = timm.create_model(arch, pretrained=False, img_size=size, num_classes=0, **kwargs)
+                self.model = timm.create_model(arch, pretrained=False, img_size=size, num_classes=0,
+                                               dynamic_img_size=True, **kwargs)
             weights = f"random-init(seed={seed})"
         else:
             if name not in timm.list_models("*dinov2*"):
                 raise ConfigError(f"unknown embedder.name {name!r}; DINOv2 models in timm: "
                                   f"{', '.join(timm.list_models('*dinov2*'))}, or {', '.join(TINY_CONFIGS)}")
             try:
-                self.model = timm.create_model(name, pretrained=True, img_size=size, num_classes=0)
+                self.model = timm.create_model(name, pretrained=True, img_size=size, num_classes=0,
+                                               dynamic_img_size=True)
             except Exception as e:
                 hint = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
                 raise WeightsUnavailable(f"could not load pretrained weights for embedder {name}{hint}: "
@@ -47,7 +49,8 @@ class Dinov2Embedder(torch.nn.Module):
                                          "embedder.kind=clip to run offline") from e
             weights = "pretrained"
         self.model.eval().requires_grad_(False)
-        self.patch = self.model.patch_embed.patch_size[0]
+        # dynamic_img_size: windows of another size get the positional embedding resized (exact at `size`)
+        self.patch = self.patch_size = self.model.patch_embed.patch_size[0]
         if size % self.patch:
             raise ConfigError(f"embedder.image_size {size} must be a multiple of the patch size {self.patch}")
         self.image_size = size
@@ -56,6 +59,9 @@ class Dinov2Embedder(torch.nn.Module):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         return resize_normalize(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
