@@ -12,7 +12,7 @@ MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGR
 OVERRIDES := $(filter-out $(foreach v,$(MAKE_VARS),$(v)=% $(v):=% $(v)::=%),$(MAKEOVERRIDES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench compare report reference regress perf mutate test test-all lint clean
+.PHONY: help install bench compare report reference regress perf stages gpu-check mutate test test-all lint clean
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,12 @@ regress: $(STAMP)  ## run the regression runs (synth, synth-shift; knn, zeroshot
 
 perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~12-27 min; QUICK=1: ~2-4 min)
 	$(PY) benchmarks/perf.py $(if $(QUICK),--quick)
+
+stages: $(STAMP)  ## per-image evaluation time by stage, workers, SLIC max_side -> results/perf/stages.json (~3 min; QUICK=1: ~2)
+	$(PY) benchmarks/stages.py $(if $(QUICK),--quick)
+
+gpu-check: $(STAMP)  ## the same short runs on GPU and CPU, records compared, stages timed -> results/perf/gpu_check.json (skips without a GPU)
+	$(PY) benchmarks/gpu_check.py $(if $(PRECISION),--precision $(PRECISION))
 
 # The gate: the run fails below this mutation score (killed / non-equivalent mutants).
 MUTATE_FAIL_UNDER ?= 0.90

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.errors import ConfigError, DamagedStateError, MemoryMismatchError, RunInUseError, WeightsUnavailable
 from bench.evaluate import add_eval_commands
+from bench.segment import add_segment_command
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -121,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete the saved state and record rows of steps >= T and resume from step T-1's state")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("compare", help="run every method on a sequence (reusing finished runs), one table",
-                       description="Same overrides as run, applied to every method: SEQ=synth adapt_limit=20")
-    p.add_argument("overrides", nargs="*", help="key=value, as for run (METHOD is ignored)")
+                       description="Same overrides as run, applied to every method: SEQ=synth adapt_limit=20; "
+                                   "seeds=1,2,3 runs each method that depends on SEED once per seed")
+    p.add_argument("overrides", nargs="*", help="key=value, as for run (METHOD is ignored), and seeds=1,2,3")
     p.add_argument("--methods", help="comma-separated methods, in table order (default: zeroshot,knn,finetune,"
                                      "replay,joint)")
     p.set_defaults(func=_cmd_compare)
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-count", action="store_true", help="only check paths, do not index the annotations")
     p.set_defaults(func=_cmd_data_check)
     add_eval_commands(sub)
+    add_segment_command(sub)
     p = sub.add_parser("list", help="list sequences and every registry (methods, bases, embedders, proposers, "
                                     "index kinds, dataset formats)")
     p.set_defaults(func=_cmd_list)

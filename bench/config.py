@@ -142,6 +142,9 @@ class RunConfig:
     # "32" on CPU; "bf16-mixed" or "16-mixed" (autocast) on GPU only. Part of the run id: it can change results.
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     data_root: str = "data"
+    # every task scored at every step (the result matrix's upper triangle) and once before the first step with
+    # the base alone: forward transfer, and what the memory does to vocabularies it holds no entries of
+    eval_future: bool = False
     adapt_limit: NonNegative = 0  # 0 = the sequence's own limits; n = at most n adapt images per task
     eval_limit: NonNegative = 0
     # Where and how to run; these never change results, so they are left out of the run id.
@@ -297,8 +300,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 # Settings added after the first runs were named, at the values that do what those runs did: left out of the
 # hash, so the runs and references named before them keep their names. ``inference`` is left out in ``whole``
 # mode (the suite's first behaviour, where its other fields have no effect).
-_LATER_NEUTRAL = {("precision",): "32", ("embedder", "pretrained"): "", ("proposals", "max_side"): 0,
-                  ("text",): dataclasses.asdict(TextConfig())}
+_LATER_NEUTRAL = {("precision",): "32", ("eval_future",): False, ("embedder", "pretrained"): "",
+                  ("proposals", "max_side"): 0, ("text",): dataclasses.asdict(TextConfig())}
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -72,6 +72,21 @@ def backward_transfer(R: ResultMatrix) -> float | None:
     return float(np.mean(A[last, :last] - np.diagonal(A)[:last]))
 
 
+def forward_transfer(R: ResultMatrix, initial: Sequence[float | None]) -> float | None:
+    """Mean over tasks ``j >= 1`` seen so far of ``R[j-1][j] - initial[j]``: how much adapting to the earlier
+    tasks changed task j's score before it was adapted to (``initial``: the scores before any step, the base
+    alone). The upper-triangle form of GEM's forward transfer (Lopez-Paz & Ranzato, NeurIPS 2017) with the
+    base model as the reference; needs ``eval_future``. None with one step or when a needed cell is missing."""
+    steps = sum(1 for row in R if any(v is not None for v in row))
+    gains = []
+    for j in range(1, steps):
+        before, alone = R[j - 1][j] if j < len(R[j - 1]) else None, initial[j] if j < len(initial) else None
+        if before is None or alone is None:
+            return None
+        gains.append(float(before) - float(alone))
+    return float(np.mean(gains)) if gains else None
+
+
 def summarize(R: ResultMatrix) -> dict[str, float | list[float | None] | None]:
     """All summaries of a (possibly partial) result matrix: ``average_incremental``, ``final_average``,
     ``forgetting`` (list, one per seen task), ``mean_forgetting`` (None with one task) and ``bwt``."""

@@ -1,11 +1,42 @@
-"""Semantic maps from per-proposal class distributions."""
+"""Semantic maps from per-proposal class distributions (and the background fallback applied to them first)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from bench.errors import ConfigError
 from datamodules.contract import IGNORE_INDEX
+
+BACKGROUND = "background"  # the class name text.background_threshold falls back to
+
+
+def background_class(classes: Sequence[str], threshold: float, where: str) -> int | None:
+    """The index of the class named ``background`` when ``threshold`` > 0 (None when the fallback is off);
+    ``where`` names the task in the error raised when the vocabulary has no such class."""
+    if threshold <= 0:
+        return None
+    if BACKGROUND not in classes:
+        raise ConfigError(f"text.background_threshold={threshold:g} needs a class named {BACKGROUND!r}, but {where} "
+                          f"has none; set text.background_threshold=0 or use a vocabulary with a background class")
+    return list(classes).index(BACKGROUND)
+
+
+def background_fallback(probs: torch.Tensor, background: int | None, threshold: float) -> torch.Tensor:
+    """Proposals whose top class probability is below ``threshold`` take the background class.
+
+    probs: float ``Q×C``, the head's final distribution per proposal (after fusion); background: the class
+    index, None = off. Returns ``probs`` itself when off, else float ``Q×C`` where each such row is one-hot on
+    the background class, so semantic and panoptic inference both read it as background (the dense-CLIP
+    harness does the same per pixel with ``prob_thd``: ``max < prob_thd`` → class 0).
+    """
+    if background is None or threshold <= 0:
+        return probs
+    one_hot = torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    one_hot[background] = 1
+    return torch.where((probs.max(1).values < threshold)[:, None], one_hot, probs)
 
 
 def semantic_from_proposals(label_map: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
+from bench.bootstrap import image_counts
 from bench.dense import WHOLE, DenseFeatures, dense_features
-from bench.inference import panoptic_from_proposals, semantic_from_proposals
+from bench.distributed import gather_in_shard_order
+from bench.inference import background_class, background_fallback, panoptic_from_proposals, semantic_from_proposals
 from bench.metrics import MeanIoU, PanopticQuality
 from bench.models import BaseSegmenter, DenseBackbone
 from bench.proposals import Proposer
@@ -45,14 +48,18 @@ def eval_features(base: BaseSegmenter, embedder: DenseBackbone | None, batch: li
 
 
 class ContinualSegmenter(L.LightningModule):
-    def __init__(self, base: BaseSegmenter, proposer: Proposer, head: torch.nn.Module) -> None:
+    def __init__(self, base: BaseSegmenter, proposer: Proposer, head: torch.nn.Module,
+                 background_threshold: float = 0.0) -> None:
         super().__init__()
         self.base, self.proposer, self.head = base, proposer, head
+        self.background_threshold = background_threshold  # text.background_threshold (0 = off)
+        self.backgrounds: list[int | None] = []
         self.vocabularies: list[Vocabulary] = []
         self.metrics = torch.nn.ModuleList()
         self.pq_metrics = torch.nn.ModuleList()
         self.scores: list[dict[str, Any]] = []
         self.protocols: list[Any] = []
+        self.counts: list[list[np.ndarray]] = []  # per vocabulary, per image (this rank's, in order)
 
     def begin_eval(self, vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool] | None = None,
                    protocols: Sequence[Any] | None = None) -> None:
@@ -61,7 +68,11 @@ class ContinualSegmenter(L.LightningModule):
         self.vocabularies = list(vocabularies)
         self.protocols = list(protocols or [WHOLE] * len(vocabularies))
         self.head.begin(self.vocabularies)
+        threshold = self.background_threshold
+        self.backgrounds = [background_class(v.classes, threshold, f"vocabulary {v.name!r}") if threshold else None
+                            for v in self.vocabularies]
         self.metrics = torch.nn.ModuleList([MeanIoU(len(v), ignore_index=IGNORE_INDEX) for v in vocabularies])
+        self.counts = [[] for _ in vocabularies]
         flags = panoptic or [False] * len(vocabularies)
         self.pq_metrics = torch.nn.ModuleList([PanopticQuality(len(v), v.is_thing) if f else torch.nn.Identity()
                                                for v, f in zip(vocabularies, flags)])
@@ -79,7 +90,12 @@ class ContinualSegmenter(L.LightningModule):
             label_map = label_map.to(base_feats[i].device)
             probs = self.head(label_map, base_feats[i], None if memory_feats is None else memory_feats[i],
                               dataloader_idx)
-            self.metrics[dataloader_idx].update(semantic_from_proposals(label_map, probs), sample["semantic"])
+            probs = background_fallback(probs, self.backgrounds[dataloader_idx], self.background_threshold)
+            semantic = semantic_from_proposals(label_map, probs)
+            self.metrics[dataloader_idx].update(semantic, sample["semantic"])
+            # per-image class counts, for bootstrap intervals (bench.bootstrap) without a second pass
+            self.counts[dataloader_idx].append(image_counts(semantic, sample["semantic"],
+                                                            len(self.vocabularies[dataloader_idx]), IGNORE_INDEX))
             pq = self.pq_metrics[dataloader_idx]
             if isinstance(pq, PanopticQuality):
                 is_thing = torch.tensor(self.vocabularies[dataloader_idx].is_thing)
@@ -90,16 +106,18 @@ class ContinualSegmenter(L.LightningModule):
                           sample["segment_iscrowd"])
 
     def on_test_epoch_end(self) -> None:
-        self.scores = [{**m.compute(), "pq": q.compute() if isinstance(q, PanopticQuality) else None}
-                       for m, q in zip(self.metrics, self.pq_metrics)]
+        counts = [gather_in_shard_order(c) for c in self.counts]  # every image, in dataset order
+        self.scores = [{**m.compute(), "pq": q.compute() if isinstance(q, PanopticQuality) else None, "counts": c}
+                       for m, q, c in zip(self.metrics, self.pq_metrics, counts)]
 
 
 def evaluate_tasks(trainer: Callable[[], Any], module: ContinualSegmenter, datamodule: Any,
                    vocabularies: Sequence[Vocabulary], panoptic: Sequence[bool],
                    protocols: Sequence[Any] | None = None) -> list[dict[str, Any]]:
     """One test pass over the datamodule's eval loaders (one per vocabulary; ``protocols``: each one's inference
-    protocol, default ``whole``). Returns per vocabulary ``miou`` (tensor), ``per_class_iou`` (tensor ``[C]``) and
-    ``pq`` (PQ/SQ/RQ dict, or None where not panoptic)."""
+    protocol, default ``whole``). Returns per vocabulary ``miou`` (tensor), ``per_class_iou`` (tensor ``[C]``),
+    ``pq`` (PQ/SQ/RQ dict, or None where not panoptic) and ``counts`` (each image's class counts, in dataset
+    order, :func:`bench.bootstrap.image_counts`)."""
     module.begin_eval(vocabularies, panoptic, protocols)
     trainer().test(module, datamodule=datamodule, verbose=False)
     scores, module.scores = module.scores, []

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 Cell = float | None
 
@@ -71,6 +71,7 @@ class Summary(_Model):
     forgetting: list[Cell] = []
     mean_forgetting: Cell = None
     bwt: Cell = None
+    forward_transfer: Cell = None  # with eval_future: mean over tasks j > 0 of R[j-1][j] - R0[j] (bench.continual)
 
 
 class RunRecord(_Model):
@@ -95,6 +96,14 @@ class RunRecord(_Model):
     # TaskSpec.content), so that a run folder is never resumed with other classes, splits or tasks.
     sequence_hash: str | None = None
     sequence_content: dict[str, dict[str, str]] | None = None
+    # Version 3: the continual protocols (bench.protocols).
+    protocol: str = "cross-dataset"  # or "class-incremental" (the sequence YAML's protocol)
+    # class-incremental: metric -> per step {"old", "new", "all"} of the one evaluation with every class seen so far
+    cumulative: dict[str, list[dict[str, Cell]]] = {}
+    initial: dict[str, list[Cell]] = {}  # eval_future: metric -> each task's score before step 1 (the base alone)
+    memory_classes: list[list[str]] = []  # per step: the classes the method's memory holds entries of (knn)
+    intervals: dict[str, dict[str, list[float] | None]] = {}  # metric -> summary -> 95 % bootstrap [low, high]
+    class_groups: dict[str, dict[str, list[str]]] = {}  # task -> group (LVIS rare / common / frequent) -> classes
     seed: int | None = None
     versions: dict[str, str] = {}
     git_commit: str | None = None
@@ -115,7 +124,14 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 names the sequence's protocol; every sequence before it was scored as cross-dataset (each task
+    with its own vocabulary), and none evaluated future tasks, kept intervals or memory classes."""
+    d.setdefault("protocol", "cross-dataset")
+    return d
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(d: dict[str, Any], source: str = "record") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.breakdowns import breakdowns_md
 from bench.io import atomic_write_text
 from bench.perf_report import perf_markdown
 from bench.plots import heatmap, latency_recall_plot, memory_scatter, step_curves
@@ -132,6 +133,34 @@ def _final_rows_md(seq_runs: Sequence[Run], metric: str) -> list[str]:
             *md_table(["method", "run", *seq_runs[0].record["tasks"]], body)]
 
 
+def _retention_md(seq_runs: Sequence[Run]) -> list[str]:
+    """Retention (:mod:`bench.retention`) of each knn run against the zeroshot run of its model, where the
+    memory lacked some evaluated class at a step (runs with ``eval_future``); nothing otherwise."""
+    from bench.protocols import load_counts
+    from bench.retention import last_unheld_step, retention
+
+    lines = []
+    for knn in (r for r in seq_runs if r.method == "knn" and r.record.get("memory_classes")):
+        base = next((r for r in seq_runs if r.method == "zeroshot" and r.model == knn.model
+                     and r.record.get("sequence_hash") == knn.record.get("sequence_hash")), None)
+        step = last_unheld_step(knn.record, base.record) if base is not None else None
+        if base is None or step is None:
+            continue
+        counts = [load_counts(run.path.parent, step) for run in (knn, base)]
+        r = retention(knn.record, base.record, *counts, step=step - 1)
+        rows = [(task, ", ".join(e["classes"]), e) for task, e in r["tasks"].items()]
+        rows.append(("all", str(r["overall"]["classes"]), r["overall"]))
+        body = [[task, classes, fmt(e["diff"]), _interval(e["interval"])] for task, classes, e in rows]
+        lines += [f"Retention of knn · {knn.run_id} against zeroshot · {base.run_id} after step {step}: per-class "
+                  "IoU difference on the classes the memory holds no entries of (95 % paired bootstrap interval):",
+                  "", *md_table(["task", "classes", "IoU knn − zeroshot", "95 % interval"], body), ""]
+    return lines
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return f"[{bounds[0]:+.1f}, {bounds[1]:+.1f}]" if bounds else ""
+
+
 def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], files: Mapping[str, Any],
               out_dir: Path, perf: tuple[Path, Mapping[str, Any]] | None = None) -> str:
     def rel(p: Path | str) -> str:
@@ -169,6 +198,7 @@ def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], file
             curve = files["curves"].get((seq, metric))
             if curve:
                 lines += [f"![{seq}: {metric_title(metric)} after each step]({rel(curve)})", ""]
+        lines += _retention_md(seq_runs)
         for run in seq_runs:
             lines += [f"### {run.method} · {run.run_id}", "",
                       f"model {run.model}, record `{rel(run.path)}`", ""]
@@ -178,6 +208,7 @@ def _markdown(runs: Sequence[Run], metrics_by_seq: Mapping[str, list[str]], file
                 png = files["heatmaps"].get((run.slug, metric))
                 if png:
                     lines += [f"![{run.slug} {metric}]({rel(png)})", ""]
+            lines += breakdowns_md(run.record)
     if files["scatter"]:
         lines += ["## Memory size vs final mIoU", "", f"![memory size vs final mIoU]({rel(files['scatter'])})", ""]
     if perf is not None:

@@ -27,10 +27,12 @@ from bench.config import (
 from bench.devices import placement
 from bench.distributed import barrier, is_rank_zero
 from bench.errors import ConfigError, DamagedStateError
+from bench.inference import background_class
 from bench.io import atomic_write_json, atomic_write_text, write_sidecar
 from bench.methods import Method, RunContext, get_method, methods
+from bench.protocols import PQ_METRICS, _pq_summary, _record_pq, _summarize  # noqa: F401 (tests import them here)
 from bench.record import RunRecord, Summary, load_record
-from bench.results import format_matrix, git_commit, package_versions
+from bench.results import format_cumulative, format_matrix, git_commit, package_versions
 from datamodules.check import preflight
 from datamodules.sequence import SequenceSpec, content_changes, load_sequence
 from datamodules.sequence_schema import safe_folder_name
@@ -127,15 +129,19 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
                      max_epochs=max_epochs, deterministic=True if where.accelerator == "cpu" else "warn")
 
 
+# What a record says of the base's weights, by tag (a file's sha256 is in model.identity, its path in pretrained).
+WEIGHTS_NOTES = {"random-init": "random-init, not pretrained", "file": "from a checkpoint file"}
+
+
 def new_record(cfg: RunConfig, spec: SequenceSpec, method: Method, base: Any, embedder: Any) -> RunRecord:
     tasks = [t.name for t in spec.tasks]
     return RunRecord(
         sequence=spec.name, method=method.name,
-        model={"name": cfg.model.name, "pretrained": base.tag, "identity": base.identity,
-               "weights": "random-init, not pretrained" if base.tag == "random-init" else "pretrained"},
+        model={"name": cfg.model.name, "pretrained": getattr(base, "pretrained", base.tag), "identity": base.identity,
+               "weights": WEIGHTS_NOTES.get(base.tag, "pretrained")},
         base=cfg.base.kind, proposer=cfg.proposals.kind,
         embedder=embedder.identity if embedder is not None else None,
-        tasks=tasks, vocabulary_sizes=[len(t.vocabulary) for t in spec.tasks],
+        tasks=tasks, vocabulary_sizes=[len(t.vocabulary) for t in spec.tasks], protocol=spec.protocol,
         matrix={"miou": [[None] * len(tasks) for _ in tasks]},
         config=to_dict(cfg), config_hash=config_hash(cfg), seed=cfg.seed,
         sequence_hash=spec.content_hash(), sequence_content=spec.content(),
@@ -150,6 +156,8 @@ def run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None = None) -
     command on the same run stops here, before a model loads."""
     resume.check_recompute_from(recompute_from, len(spec.tasks))
     placement(cfg)  # accelerator / precision errors before the run folder is made
+    for task in spec.tasks:  # text.background_threshold > 0 needs a background class in every vocabulary
+        background_class(task.vocabulary.classes, cfg.text.background_threshold, f"task {task.name!r} ({spec.path})")
     with resume.claim(run_dir(cfg, spec)):
         return _run(cfg, spec, recompute_from)
 
@@ -162,7 +170,7 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     from bench.models import base_weights_identity, build_base
     from bench.module import ContinualSegmenter
     from bench.plots import heatmap
-    from bench.proposals import build_proposer
+    from bench.proposals import build_proposer, loader_transform
     from datamodules import SequenceDataModule
 
     method = get_method(cfg.method)
@@ -197,13 +205,17 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     preflight(spec, cfg.data_root, readers=readers)  # a missing or broken eval file stops it before a model loads
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
+    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
+                      cfg.text.synonyms)
     for task in spec.tasks:  # windows need the base's input size: checked once it is known
         label = "inference" if not task.inference else f"{spec.path}: task {task.name!r}: inference"
         check_protocol(task_inference(cfg, task), base.image_size, label)
-    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
+    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
+                              max_side=cfg.proposals.max_side)
+    # CPU proposals are made in the eval loaders' workers, beside decoding, off the main process.
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
-                            cfg.eval_limit, readers)
+                            cfg.eval_limit, readers, eval_transform=loader_transform(proposer),
+                            pin_memory=where.accelerator == "gpu")
     ctx = RunContext(cfg, spec, base, dm, out, functools.partial(_trainer, cfg))
     first = previous.steps_done if previous else 0
     try:
@@ -212,7 +224,7 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
         if e.step is None:
             e.state, e.step = method.state_path(out, first), first
         raise
-    module = ContinualSegmenter(base, proposer, method.head)
+    module = ContinualSegmenter(base, proposer, method.head, cfg.text.background_threshold)
     record = previous or new_record(cfg, spec, method, base, method.head.embedder)
     record.git_commit, record.versions = git_commit(), package_versions()
     record.timings["model_load_s"] = round(time.perf_counter() - start, 3)
@@ -225,6 +237,10 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
         if is_rank_zero() else []
     ok = False
     try:
+        if cfg.eval_future and not record.initial and first == 0 and last > 0:
+            from bench.protocols import evaluate_initial
+
+            evaluate_initial(ctx, proposer, record)
         for t in range(first, last):
             _step(ctx, method, module, t, record)
             log_results(loggers, record, t + 1)
@@ -251,63 +267,25 @@ def say(text: str) -> None:
         print(text)
 
 
-def _summarize(matrix: list[list[float | None]], t: int) -> dict[str, Any]:
-    """Continual summary of the first t+1 rows. A task whose eval split holds none of its classes has no score
-    (``null``); it counts as NaN in the math and the affected summaries are written as ``null``."""
-    rows = [[math.nan if v is None and j <= i else v for j, v in enumerate(row)]
-            for i, row in enumerate(matrix[: t + 1])]
-    summary = continual.summarize(rows)
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    return {k: clean(v) for k, v in summary.items()}
-
-
 def _tables(record: RunRecord) -> str:
-    return "\n\n".join(format_matrix(record, m) for m in ("miou", "pq") if m in record["matrix"])
-
-
-PQ_METRICS = {"pq": ("All", "pq"), "sq": ("All", "sq"), "rq": ("All", "rq"), "pq_things": ("Things", "pq"),
-              "pq_stuff": ("Stuff", "pq")}
-
-
-def _record_pq(record: RunRecord | dict[str, Any], results: list[dict[str, Any] | None], t: int) -> None:
-    """PQ rows for tasks with panoptic annotations (``null`` cells for the others).
-
-    The continual summary (forgetting, BWT) needs every task scored, so it is given only when all tasks are
-    panoptic; otherwise the PQ summary holds the final average over the panoptic tasks alone.
-    """
-    if not any(r is not None for r in results) and not any(m in record["matrix"] for m in PQ_METRICS):
-        return
-    T = len(record["tasks"])
-    for metric, (group, key) in PQ_METRICS.items():
-        matrix = record["matrix"].setdefault(metric, [[None] * T for _ in range(T)])
-        for j, result in enumerate(results):
-            matrix[t][j] = None if result is None else _percent(torch.tensor(result[group][key]))
-        record["summary"][metric] = _pq_summary(matrix, t)
-
-
-def _pq_summary(matrix: list[list[float | None]], t: int) -> Summary:
-    scored = [v for v in matrix[t][: t + 1] if v is not None]
-    if all(v is not None for v in matrix[t][: t + 1]):
-        return Summary(**_summarize(matrix, t))
-    return Summary(final_average=sum(scored) / len(scored) if scored else None, forgetting=[None] * (t + 1))
+    tables = [format_matrix(record, m) for m in ("miou", "pq") if m in record["matrix"]]
+    return "\n\n".join(t for t in (*tables, format_cumulative(record)) if t)
 
 
 def _resummarize(record: RunRecord) -> None:
-    """The summaries after the record's last finished step (for a record cut back to an earlier step)."""
+    """The summaries after the record's last finished step (also for a record cut back to an earlier step)."""
     t = record.steps_done - 1
     record.summary["miou"] = Summary(**_summarize(record.matrix["miou"], t))
+    if record.initial.get("miou"):
+        record.summary["miou"].forward_transfer = continual.forward_transfer(record.matrix["miou"][: t + 1],
+                                                                             record.initial["miou"])
     for metric in PQ_METRICS:
         if metric in record.matrix:
             record.summary[metric] = _pq_summary(record.matrix[metric], t)
 
 
 def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecord) -> None:
-    from bench.module import evaluate_tasks
+    from bench.protocols import evaluate_step, intervals
 
     spec, dm = ctx.spec, ctx.dm
     task = spec.tasks[t]
@@ -319,23 +297,12 @@ def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecor
     record.state_size.append(method.state_size(ctx))
 
     tick = time.perf_counter()
-    panoptic = [dm.eval_dataset(j).panoptic for j in range(t + 1)]
-    protocols = [task_inference(ctx.cfg, spec.tasks[j]) for j in range(t + 1)]
-    scores = evaluate_tasks(ctx.trainer, module, dm, [spec.tasks[j].vocabulary for j in range(t + 1)], panoptic,
-                            protocols)
+    timing.update(evaluate_step(ctx, module, t, record))
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
-    timing["eval_images"] = sum(len(dm.eval_dataset(j)) for j in range(t + 1))
-
-    row = record.matrix["miou"][t]
-    per_class = {}
-    for j, result in enumerate(scores):
-        row[j] = _percent(result["miou"])
-        names = spec.tasks[j].vocabulary.classes
-        per_class[spec.tasks[j].name] = {n: _percent(v) for n, v in zip(names, result["per_class_iou"])}
-    record.per_class_iou.append(per_class)
-    _record_pq(record, [s["pq"] for s in scores], t)
+    record.memory_classes.append(method.memory_classes(ctx))
     record.timings["steps"].append(timing)
     record.steps_done = t + 1
-    record.summary["miou"] = Summary(**_summarize(record.matrix["miou"], t))
+    _resummarize(record)
     if is_rank_zero():
+        record.intervals = intervals(ctx.out, record, record.vocabulary_sizes)
         atomic_write_json(ctx.out / "record.json", record.to_json())

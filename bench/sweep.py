@@ -97,7 +97,7 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     ``spec``) under each fusion point. With ``anchor_row`` (the run's recorded final mIoU row), the point equal
     to the run's own setting must reproduce it, else ``RuntimeError``."""
     from bench.config import task_inference
-    from bench.inference import semantic_from_proposals
+    from bench.inference import background_class, background_fallback, semantic_from_proposals
     from bench.methods import RunContext, get_method
     from bench.models import build_base
     from bench.module import eval_features
@@ -106,8 +106,10 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     from datamodules.contract import IGNORE_INDEX
 
     torch.manual_seed(cfg.seed)
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind)
-    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness)
+    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
+                      cfg.text.synonyms)
+    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
+                              max_side=cfg.proposals.max_side)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, 0, cfg.adapt_limit, cfg.eval_limit)
     last = len(spec.tasks)
     method = get_method("knn")
@@ -124,6 +126,8 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
             print(f"  scoring {spec.tasks[j].name!r} under {len(points)} settings "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             num_classes = len(spec.tasks[j].vocabulary)
+            threshold = cfg.text.background_threshold  # the run's fallback, as test_step applies it
+            background = background_class(spec.tasks[j].vocabulary.classes, threshold, f"task {spec.tasks[j].name!r}")
             # Features, proposals and targets once per image, held in memory; only the head's settings vary.
             images = []
             for batch in loader:
@@ -133,7 +137,8 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
                             sample["semantic"]) for i, sample in enumerate(batch)]
             for p, point_head in enumerate(heads):
                 for label_map, base_f, memory_f, target in images:
-                    pred = semantic_from_proposals(label_map, point_head(label_map, base_f, memory_f, j))
+                    probs = background_fallback(point_head(label_map, base_f, memory_f, j), background, threshold)
+                    pred = semantic_from_proposals(label_map, probs)
                     cm = confusion_matrix(pred, target, num_classes, IGNORE_INDEX)
                     per_image[p][j].append(cm.numpy().astype(np.int64))
     result = GridResult(list(points), [t.name for t in spec.tasks],

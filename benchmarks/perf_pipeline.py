@@ -4,9 +4,9 @@ The model: open_clip ViT-B-16 as the base and DINOv2 ViT-S/14 as the memory embe
 resolution here) with random weights, which time like trained ones. Images are 512×683 (ADE20K's typical size)
 synthetic scenes of smooth regions, so superpixels and JPEG decoding cost what they cost on photographs.
 
-Stages are timed by wrapping what :class:`bench.module.ContinualSegmenter` calls (its backbones, proposer,
-memory, fusion and inference functions); the module's own code runs unchanged and "other" is the remainder
-(mask pooling, the base's text classification, the metric update). The first batch is a warm-up and not counted.
+Stages are timed by wrapping what :class:`bench.module.ContinualSegmenter` calls (its backbones' preprocessing
+and forward passes, proposer, pooling, memory, fusion, inference functions and metrics; :func:`patched`); the
+module's own code runs unchanged and "other" is the remainder. The first batch is a warm-up and not counted.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import bench.dense as dense
 import bench.heads.knn as knn_head
+import bench.heads.zeroshot as zeroshot_head
 import bench.module as bm
 from bench.config import KnnConfig
 from bench.heads import KnnHead
@@ -114,33 +116,43 @@ def build_model(memory: Memory) -> bm.ContinualSegmenter:
 
 
 @contextlib.contextmanager
-def _patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
-    """Time the module's collaborators in place; restore them afterwards."""
+def patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
+    """Time the module's collaborators in place (after ``begin_eval``, which makes the metrics); restore them
+    afterwards. Stages: windows (resize, normalise and, under ``slide``, cut into windows), base_forward,
+    embedder_forward, pooling, text_scores (the base's text classification), retrieval, fusion, inference
+    (``semantic_from_proposals``), metric_update, and proposals when the module makes them itself."""
     base, embedder, head = module.base, module.head.embedder, module.head
-    names = ("dense_batch", "semantic_from_proposals")
-    saved = {n: getattr(bm, n) for n in names}
-    saved_fusion = {n: getattr(knn_head, n) for n in ("retrieval_distribution", "fuse")}
-    saved_memory, saved_proposer = head.memory, module.proposer
-
-    def dense_batch(backbone: Any, batch: list[dict[str, Any]]) -> torch.Tensor:
-        stage = "base_forward" if backbone is base else "embedder_forward" if backbone is embedder else "other"
-        with stages.time(stage):
-            return saved["dense_batch"](backbone, batch)
-
-    bm.dense_batch = dense_batch
-    knn_head.retrieval_distribution = stages.wrap("fusion", saved_fusion["retrieval_distribution"])
-    knn_head.fuse = stages.wrap("fusion", saved_fusion["fuse"])
-    bm.semantic_from_proposals = stages.wrap("inference", saved["semantic_from_proposals"])
-    head.memory = TimedMemory(saved_memory, stages)
+    backbones = [(base, "base_forward")] + ([(embedder, "embedder_forward")] if embedder is not None else [])
+    functions = [(bm, "semantic_from_proposals", "inference"), (dense, "_windows", "windows"),
+                 (zeroshot_head, "pool_regions", "pooling"), (knn_head, "pool_regions", "pooling"),
+                 (knn_head, "retrieval_distribution", "fusion"), (knn_head, "fuse", "fusion")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in functions]
+    saved_memory, saved_proposer = getattr(head, "memory", None), module.proposer
+    saved_updates = [m.update for m in module.metrics]
+    for owner, name, stage in functions:
+        setattr(owner, name, stages.wrap(stage, getattr(owner, name)))
+    for backbone, stage in backbones:  # instance attributes over the methods; deleted again below
+        backbone.dense_features = stages.wrap(stage, backbone.dense_features)
+        backbone.preprocess = stages.wrap("windows", backbone.preprocess)  # whole: resize + normalise
+    head.text_probabilities = stages.wrap("text_scores", head.text_probabilities)
+    for m in module.metrics:
+        m.update = stages.wrap("metric_update", m.update)
+    if saved_memory is not None:
+        head.memory = TimedMemory(saved_memory, stages)
     module.proposer = stages.wrap("proposals", saved_proposer)
     try:
         yield
     finally:
-        for n, fn in saved.items():
-            setattr(bm, n, fn)
-        for n, fn in saved_fusion.items():
-            setattr(knn_head, n, fn)
-        head.memory, module.proposer = saved_memory, saved_proposer
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+        for backbone, _ in backbones:
+            del backbone.dense_features, backbone.preprocess
+        del head.text_probabilities
+        for m, update in zip(module.metrics, saved_updates):
+            m.update = update
+        if saved_memory is not None:
+            head.memory = saved_memory
+        module.proposer = saved_proposer
 
 
 def _per_image(stages: Stages, total: float, images: int) -> dict[str, Any]:
@@ -168,7 +180,7 @@ def predict_timing(module: bm.ContinualSegmenter, vocabulary: list[str], images:
     module.begin_eval([Vocabulary.from_names("perf", vocabulary)])
     stages = Stages()
     total = 0.0
-    with torch.no_grad(), _patched(module, stages):
+    with torch.no_grad(), patched(module, stages):
         module.test_step(samples[:batch_size], 0, 0)  # warm-up
         stages.seconds.clear()
         for i in range(batch_size, len(samples), batch_size):

@@ -4,7 +4,9 @@ Lightning (underscored: the reader registry's discovery skips it). Import it as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,6 +14,21 @@ import torch
 from datamodules.registry import Reader
 from datamodules.sampling import shard_sampler
 from datamodules.sequence import ReaderKey, SequenceSpec, TaskDataset, TaskSpec, collate_samples
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Transformed(torch.utils.data.Dataset):
+    """A dataset whose samples pass through ``transform`` where they are read (in the DataLoader's workers)."""
+
+    def __init__(self, dataset: TaskDataset, transform: Transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.transform(self.dataset[index])
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -24,46 +41,62 @@ class SequenceDataModule(L.LightningDataModule):
 
     def __init__(self, spec: SequenceSpec, data_root: str | Path = "data", batch_size: int = 8,
                  num_workers: int = 0, adapt_limit: int = 0, eval_limit: int = 0,
-                 readers: dict[ReaderKey, Reader] | None = None) -> None:
+                 readers: dict[ReaderKey, Reader] | None = None, eval_transform: Transform | None = None,
+                 pin_memory: bool = False) -> None:
         """``readers``: a reader cache to share (see :func:`datamodules.sequence.open_reader`), e.g. the one a
-        preflight check filled, so no annotation file is parsed twice."""
+        preflight check filled, so no annotation file is parsed twice. ``eval_transform``: applied to every eval
+        sample where it is read, in the loader's workers (a run adds CPU proposals there); a top-level callable
+        (a class or ``functools.partial``, not a lambda) so that spawned workers can unpickle it.
+        ``pin_memory``: page-locked batches, for a run on GPUs."""
         super().__init__()
         self.spec, self.data_root = spec, data_root
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.eval_transform, self.pin_memory = eval_transform, pin_memory
         self.adapt_limit, self.eval_limit = adapt_limit, eval_limit
         self.step = 0
-        self._datasets: dict[tuple[int, str], TaskDataset] = {}
+        self.eval_tasks: list[TaskSpec] | None = None  # what test_dataloader serves; None = tasks 0..step
+        self._datasets: dict[tuple[str, str], TaskDataset] = {}
         self._readers: dict[ReaderKey, Reader] = {} if readers is None else readers
 
     @property
     def tasks(self) -> list[TaskSpec]:
         return self.spec.tasks
 
-    def set_step(self, step: int) -> None:
-        self.step = step
+    def set_step(self, step: int, eval_tasks: list[TaskSpec] | None = None) -> None:
+        """Serve task ``step``'s adapt split, and the eval splits of ``eval_tasks`` (default: tasks 0..step; a
+        run may ask for every task, or for the evaluation task of a class-incremental step)."""
+        self.step, self.eval_tasks = step, eval_tasks
 
-    def _dataset(self, t: int, role: str) -> TaskDataset:
-        if (t, role) not in self._datasets:
-            task = self.tasks[t]
+    def evaluated(self) -> list[TaskSpec]:
+        """The tasks whose eval splits ``test_dataloader`` serves, in loader order."""
+        return self.tasks[: self.step + 1] if self.eval_tasks is None else list(self.eval_tasks)
+
+    def _dataset(self, task: TaskSpec, role: str) -> TaskDataset:
+        if (task.name, role) not in self._datasets:
             split, limit = (task.adapt, self.adapt_limit) if role == "adapt" else (task.eval, self.eval_limit)
-            self._datasets[t, role] = TaskDataset(task, split, self.data_root, limit, self._readers)
-        return self._datasets[t, role]
+            self._datasets[task.name, role] = TaskDataset(task, split, self.data_root, limit, self._readers)
+        return self._datasets[task.name, role]
 
     def adapt_dataset(self, t: int) -> TaskDataset:
-        return self._dataset(t, "adapt")
+        return self._dataset(self.tasks[t], "adapt")
 
-    def eval_dataset(self, t: int) -> TaskDataset:
-        return self._dataset(t, "eval")
+    def eval_dataset(self, t: int | TaskSpec) -> TaskDataset:
+        """The eval split of task ``t`` (an index into the sequence, or a task such as a class-incremental
+        step's evaluation task)."""
+        return self._dataset(self.tasks[t] if isinstance(t, int) else t, "eval")
 
-    def _loader(self, dataset: TaskDataset) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
         # Under DDP each rank reads every W-th sample, no padding (so no sample is counted twice); the Trainer is
         # built with use_distributed_sampler=False so Lightning does not put its padding sampler in front.
         return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                                            sampler=shard_sampler(len(dataset)), num_workers=self.num_workers,
-                                           collate_fn=collate_samples)
+                                           collate_fn=collate_samples, pin_memory=self.pin_memory)
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader(self.adapt_dataset(self.step))
 
     def test_dataloader(self) -> list[torch.utils.data.DataLoader]:
-        return [self._loader(self.eval_dataset(j)) for j in range(self.step + 1)]
+        datasets: list[torch.utils.data.Dataset] = [self.eval_dataset(task) for task in self.evaluated()]
+        if self.eval_transform is not None:
+            datasets = [Transformed(d, self.eval_transform) for d in datasets]
+        return [self._loader(d) for d in datasets]

@@ -12,6 +12,9 @@ Options: ``json`` and ``image_root`` (templates, relative to ``root``), ``skip_e
 no annotation are left out; LVIS labels are not exhaustive, so such an image would be all ignore), ``limit``.
 
 Categories are matched to the task vocabulary by NAME (``tasks/vocab/lvis1203.txt`` has the json's names).
+Each category's ``frequency`` (LVIS v1: ``r`` rare, ``c`` common, ``f`` frequent, by the number of training images
+it is annotated in; Gupta et al., CVPR 2019) gives ``class_groups``, the vocabulary's classes per group, from which
+the report breaks the IoU down; a json without ``frequency`` (another LVIS-format dataset) has none.
 Masks are decoded with pycocotools. Overlapping instances are resolved deterministically: instances are painted
 from the largest mask area to the smallest, so a small object lying on a large one stays visible; equal areas
 are painted in increasing annotation id, so the higher id ends on top. Each instance with pixels left becomes a
@@ -35,6 +38,8 @@ from datamodules.jsonio import index_entries, load_json
 from datamodules.labelmaps import LayoutEntry, ListedReader, check_listed_size, check_root, load_rgb, panoptic_sample
 from datamodules.registry import register_reader
 from datamodules.vocabulary import Vocabulary
+
+FREQUENCY_GROUPS = {"r": "rare", "c": "common", "f": "frequent"}  # LVIS v1 category "frequency"
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class LVISReader(ListedReader):
         self.json_path, self.image_root = entries[0].path, entries[1].path
         self._where = self.json_path
         doc = load_json(self.json_path, ("images", "annotations", "categories"), "LVIS instance annotations")
+        self.class_groups = self._class_groups(doc["categories"])
         self._records = index_entries(self.json_path, lambda: self._index(doc, skip_empty),
                                       "LVIS / COCO instance annotations", limit,
                                       errors=(KeyError, TypeError, ValueError))
@@ -115,6 +121,20 @@ class LVISReader(ListedReader):
             folder, name = str(url).rstrip("/").split("/")[-2:]
             return self.image_root / folder / name
         return self.image_root / image["file_name"]
+
+    def _class_groups(self, categories: list[dict[str, Any]]) -> dict[str, list[str]]:
+        """``{"rare": [...], "common": [...], "frequent": [...]}``: the vocabulary's classes (in its order) by
+        their category's ``frequency``; ``{}`` when the categories carry none."""
+        if not all(isinstance(c, dict) and "frequency" in c for c in categories):
+            return {}
+        frequency = {}
+        for c in categories:
+            if not isinstance(c["frequency"], str) or c["frequency"] not in FREQUENCY_GROUPS:
+                raise DataError(f"{self.json_path}: category {c.get('id')} ({c.get('name')!r}) has frequency "
+                                f"{c['frequency']!r}; expected one of {sorted(FREQUENCY_GROUPS)}")
+            frequency[c.get("name")] = FREQUENCY_GROUPS[c["frequency"]]
+        return {group: [n for n in self.vocabulary.classes if frequency.get(n) == group]
+                for group in FREQUENCY_GROUPS.values()}
 
     def _index(self, doc: dict[str, Any], skip_empty: bool) -> list[_Record]:
         """Per-image records in json order; metadata only, no image is opened."""

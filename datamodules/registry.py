@@ -107,6 +107,8 @@ class Reader(Protocol):
     Built as ``Reader(root=Path, split=str, vocabulary=Vocabulary, **options)``; yields contract samples
     (see :mod:`datamodules.contract`) with class ids local to ``vocabulary``. A reader whose segments are real
     instances and stuff regions (not one segment per class) sets ``panoptic = True``, and PQ is scored on it.
+    A reader may also set ``class_groups`` (group name -> class names of ``vocabulary``, e.g. LVIS rare / common
+    / frequent); a run keeps it per task and the report gives each group's mean IoU.
     """
 
     panoptic: bool

@@ -106,6 +106,7 @@ class SequenceSpec:
     tasks: list[TaskSpec]
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "cross-dataset"  # or "class-incremental" (datamodules.protocols)
 
     def content(self) -> dict[str, dict[str, str]]:
         """Task name -> :meth:`TaskSpec.content`, in sequence order."""
@@ -114,8 +115,11 @@ class SequenceSpec:
     def content_hash(self) -> str:
         """A digest of the tasks, in order, and of everything that decides their data and labels; a run made
         from other content is another run. ``name``, ``description``, ``about`` and ``defaults`` (which reach
-        the run config and its own hash) are not part of it."""
-        return _digest(list(self.content().items()))
+        the run config and its own hash) are not part of it; the protocol is, when it is not the default."""
+        items: list[Any] = list(self.content().items())
+        if self.protocol != "cross-dataset":
+            items.append(["protocol", self.protocol])
+        return _digest(items)
 
 
 def _digest(value: Any) -> str:
@@ -181,8 +185,38 @@ def load_sequence(name_or_path: str, tasks_dir: Path = TASKS_DIR) -> SequenceSpe
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise DataError(f"{path}: task names must be unique, got {names}")
-    return SequenceSpec(name=seq.name or safe_folder_name(path.stem), path=path, tasks=tasks,
-                        description=seq.description, defaults=dict(seq.defaults or {}))
+    spec = SequenceSpec(name=seq.name or safe_folder_name(path.stem), path=path, tasks=tasks,
+                        description=seq.description, defaults=dict(seq.defaults or {}), protocol=seq.protocol)
+    if spec.protocol == "class-incremental":
+        check_class_incremental(spec)
+    return spec
+
+
+_SAME_DATASET = ("format", "root", "options")
+
+
+def check_class_incremental(spec: SequenceSpec) -> None:
+    """Every task on the same dataset, eval split and vocabulary file, each a class subset, no class twice."""
+    first = spec.tasks[0]
+    seen: dict[int, str] = {}
+    for task in spec.tasks:
+        where = f"{spec.path}: task {task.name!r}"
+        for name in _SAME_DATASET:
+            if getattr(task, name) != getattr(first, name):
+                raise DataError(f"{where}: field {name!r} differs from task {first.name!r}; a class-incremental "
+                                "sequence has one dataset, every task a class subset of it")
+        vocab, first_vocab = task.reader_vocabulary, first.reader_vocabulary
+        if task.eval.split != first.eval.split or (vocab.classes, vocab.is_thing) != (first_vocab.classes,
+                                                                                    first_vocab.is_thing):
+            raise DataError(f"{where}: eval split or vocabulary differs from task {first.name!r}; a "
+                            "class-incremental sequence evaluates every step on one eval split")
+        if task.class_ids is None:
+            raise DataError(f"{where}: a class-incremental task needs its 'classes' (the step's new classes)")
+        for c in task.class_ids:
+            if c in seen:
+                raise DataError(f"{where}: class {task.reader_vocabulary.classes[c]!r} was already new in task "
+                                f"{seen[c]!r}; the steps of a class-incremental sequence are disjoint")
+            seen[c] = task.name
 
 
 def _task(m: TaskModel, path: Path) -> TaskSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,8 @@ EXPECTED = {
     "inference": "a mapping of inference settings (mode, short_side, max_long_side, crop, stride)",
     "defaults": "a mapping of run settings",
     "tasks": "a list of tasks",
+    "protocol": "cross-dataset (each task scored with its own vocabulary) or class-incremental (after each step, "
+                "one evaluation with every class seen so far)",
 }
 
 
@@ -65,6 +67,7 @@ class TaskModel(_Strict):
 class SequenceModel(_Strict):
     name: str | None = None
     description: str = ""
+    protocol: Literal["cross-dataset", "class-incremental"] = "cross-dataset"
     defaults: dict[str, Any] | None = None
     tasks: list[Any]  # each checked as a TaskModel, so that its errors can name the task
 

@@ -86,3 +86,13 @@ class Vocabulary:
         """The vocabulary restricted to ``names`` (kept in the given order)."""
         flags = tuple(self.is_thing[self.index(n)] for n in names)
         return Vocabulary(name or self.name, tuple(names), flags)
+
+
+def synonyms(class_name: str) -> tuple[str, ...]:
+    """The names one vocabulary line gives a class: ``"building, edifice"`` → ``("building", "edifice")``.
+
+    Lines list synonyms separated by commas, as ADE20K's objectInfo150 does; a line without a comma is its own
+    only name. The class itself keeps the whole line as its name.
+    """
+    names = tuple(n.strip() for n in class_name.split(",") if n.strip())
+    return names or (class_name.strip(),)

@@ -15,10 +15,12 @@ PACKAGES = ("bench", "datamodules")
 LAYERS = [
     ("data", ("datamodules",)),
     ("library", ("bench.errors", "bench.io", "bench.models", "bench.proposals", "bench.pooling", "bench.dense",
+                 "bench.bootstrap",
                  "bench.memory",
                  "bench.heads", "bench.fusion", "bench.inference", "bench.metrics", "bench.continual",
                  "bench.distributed", "bench.sampling")),
-    ("engine", ("bench.config", "bench.record", "bench.module", "bench.methods", "bench.baselines")),
+    ("engine", ("bench.config", "bench.record", "bench.module", "bench.methods", "bench.baselines",
+                "bench.protocols")),
     ("harness", ("bench",)),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

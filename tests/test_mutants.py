@@ -94,8 +94,9 @@ def _fake_embeddings(calls: list[tuple[str, int]]):
     names_of = {"ds0": ["sky", "road", "sky"], "ds1": ["car", "sky", "car"], "ds2": ["road", "road", "tree"],
                 "ds3": ["sky", "road", "sky", "sky"], "ds4": ["car", "sky", "road", "car", "road"]}
 
-    def fake(base, dataset, batch_size=8):
+    def fake(base, dataset, batch_size=8, protocol=None):
         assert base is BASE, "the run's base model must reach mask_embeddings"
+        assert protocol is PROTOCOL, "the run's inference protocol must reach mask_embeddings"
         calls.append((dataset, batch_size))
         j, names = int(dataset[2:]), names_of[dataset]
         return torch.arange(len(names), dtype=torch.float32).unsqueeze(1) + 10 * j, list(names)
@@ -103,9 +104,15 @@ def _fake_embeddings(calls: list[tuple[str, int]]):
     return fake
 
 
+PROTOCOL = SimpleNamespace(mode="whole")
+
+
 def _ctx(per_class: int = 2) -> SimpleNamespace:
+    tasks = [SimpleNamespace(name=f"t{j}", inference={}) for j in range(5)]
     return SimpleNamespace(base=BASE, dm=SimpleNamespace(adapt_dataset=lambda j: f"ds{j}"),
-                           cfg=SimpleNamespace(batch_size=BATCH, finetune=SimpleNamespace(replay_per_class=per_class)))
+                           spec=SimpleNamespace(tasks=tasks),
+                           cfg=SimpleNamespace(batch_size=BATCH, inference=PROTOCOL,
+                                               finetune=SimpleNamespace(replay_per_class=per_class)))
 
 
 def test_joint_trains_on_every_task_so_far_and_finetune_on_the_current_one(monkeypatch):
@@ -340,12 +347,15 @@ def test_an_embedder_that_is_the_bases_own_tower_takes_one_pass():
 
     calls = []
     base = SimpleNamespace(preprocess=lambda image: image,
-                           dense_and_token_features=lambda images: calls.append("one pass") or ("base", "memory"),
+                           dense_and_token_features=lambda images: calls.append("one pass") or (images, -images),
                            dense_features=lambda images: calls.append("base pass") or images)
     embedder = SimpleNamespace(base=base, preprocess=lambda image: image,
                                dense_features=lambda images: calls.append("embedder pass") or images)
-    batch = [{"image": torch.zeros(3, 2, 2)}]
-    assert eval_features(base, embedder, batch) == ("base", "memory") and calls == ["one pass"]
+    batch = [{"image": torch.ones(3, 2, 2)}]
+    got_base, got_memory = eval_features(base, embedder, batch)
+    assert calls == ["one pass"]
+    assert torch.equal(got_base[0].features, torch.ones(1, 3, 2, 2))
+    assert torch.equal(got_memory[0].features, -torch.ones(1, 3, 2, 2))
     calls.clear()
     other = SimpleNamespace(base=None, preprocess=embedder.preprocess, dense_features=embedder.dense_features)
     eval_features(base, other, batch)
@@ -358,7 +368,7 @@ def test_evaluate_tasks_runs_one_quiet_test_pass_and_hands_back_the_scores():
     from bench.module import evaluate_tasks
 
     seen = {}
-    module = SimpleNamespace(scores=[], begin_eval=lambda v, p: seen.update(begin=(v, p)))
+    module = SimpleNamespace(scores=[], begin_eval=lambda v, p, protocols=None: seen.update(begin=(v, p)))
 
     def test(mod, datamodule, **kwargs):
         seen.update(test=(mod, datamodule, kwargs))

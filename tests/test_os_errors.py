@@ -66,11 +66,11 @@ def _spy_adapt(monkeypatch: pytest.MonkeyPatch, interrupt_at: str | None = None)
     adapted: list[str] = []
     original = MemoryWriter.__init__
 
-    def spy(self, embedder, memory, vocabulary):
+    def spy(self, embedder, memory, vocabulary, *rest):
         adapted.append(vocabulary.name)
         if vocabulary.name == interrupt_at:
             raise KeyboardInterrupt
-        return original(self, embedder, memory, vocabulary)
+        return original(self, embedder, memory, vocabulary, *rest)
 
     monkeypatch.setattr(MemoryWriter, "__init__", spy)
     return adapted

@@ -48,3 +48,48 @@ def test_table_runs_end_to_end_on_a_small_memory():
     flat = rows[0]
     assert flat["sweep"][0]["recall_at_16"] == 1.0 and flat["bytes_per_entry"] == pytest.approx(4 * 32 + 8, abs=1)
     assert kept is not None and kept.spec.nprobe == 4 and len(kept) == 2000
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_the_pipeline_instrumentation_times_every_stage_and_restores_the_module(mode):
+    """``perf_pipeline.patched`` (used by perf.py and stages.py) must see the forward passes on the evaluation's
+    own path (``bench.dense.dense_features``), not a function the module no longer calls."""
+    import perf_pipeline
+    import torch
+
+    from bench.config import KnnConfig
+    from bench.dense import Protocol
+    from bench.heads import KnnHead
+    from bench.memory import Memory
+    from bench.models import build_base, build_embedder
+    from bench.module import ContinualSegmenter
+    from bench.proposals import build_proposer
+    from datamodules.vocabulary import Vocabulary
+
+    base = build_base("tiny-random")
+    embedder = build_embedder("dinov2", base, "dinov2-tiny-random")
+    vocabulary = Vocabulary.from_names("v", ["a", "b", "c"])
+    memory = Memory(embedder.dim, embedder.identity)
+    rng = np.random.default_rng(0)
+    memory.add(rng.standard_normal((30, embedder.dim)).astype(np.float32), ["a", "b", "c"] * 10)
+    module = ContinualSegmenter(base, build_proposer("superpixel", 8), KnnHead(base, embedder, memory, KnnConfig()))
+    image = torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8)
+    sample = {"image": image, "semantic": torch.randint(0, 3, (64, 80))}
+    protocol = Protocol("slide", short_side=160) if mode == "slide" else Protocol("whole")
+    module.begin_eval([vocabulary], [False], [protocol])
+    stages = perf_pipeline.Stages()
+    with torch.no_grad(), perf_pipeline.patched(module, stages):
+        module.test_step([sample], 0, 0)
+    expected = {"windows", "base_forward", "embedder_forward", "proposals", "pooling", "text_scores", "retrieval",
+                "fusion", "inference", "metric_update"}
+    assert expected <= set(stages.seconds), set(stages.seconds)
+    assert all(stages.seconds[s] > 0 for s in expected)
+    for owner, names in ((base, ("dense_features", "preprocess")), (embedder, ("dense_features", "preprocess")),
+                         (module.head, ("text_probabilities",))):
+        assert not set(names) & set(vars(owner)), owner  # the instance attributes are gone again
+    assert not isinstance(module.head.memory, perf_pipeline.TimedMemory)
+    assert module.metrics[0].update.__name__ != "timed"
+    import bench.dense
+    import bench.heads.knn
+
+    assert bench.dense._windows.__name__ == "_windows" and bench.heads.knn.fuse.__name__ == "fuse"

@@ -21,11 +21,21 @@ V1 = {"record_version": 1, "sequence": "synth", "method": "knn",
 def test_a_version_1_record_is_migrated(tmp_path):
     (tmp_path / "record.json").write_text(json.dumps(V1))
     record = load_record(tmp_path)
-    assert record.record_version == RECORD_VERSION == 2
-    assert record.base == "maskclip" and record.proposer == "gt"
+    assert record.record_version == RECORD_VERSION == 3
+    assert record.base == "maskclip" and record.proposer == "gt" and record.protocol == "cross-dataset"
     assert record.state_size == [{"memory_entries": 10}, {"memory_entries": 25}] and "memory_size" not in record
     assert isinstance(record.summary["miou"], Summary) and record.summary["miou"].bwt == -1.0
     assert record["matrix"]["miou"][1] == [49.0, 60.0] and record.get("nope", 3) == 3
+
+
+def test_a_version_2_record_is_migrated_to_the_cross_dataset_protocol():
+    """The committed regression references are version 2: they load, scored as they always were."""
+    from pathlib import Path
+
+    reference = load_reference(Path(__file__).resolve().parents[1] / "results" / "reference" / "synth-knn.json")
+    assert reference["record_version"] == 3 and reference["protocol"] == "cross-dataset"
+    record = RunRecord.model_validate(migrate({**V1, "record_version": 2, "state_size": []}))
+    assert record.protocol == "cross-dataset" and record.cumulative == {} and record.intervals == {}
 
 
 def test_a_reference_without_a_version_is_version_1(tmp_path):

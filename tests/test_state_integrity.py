@@ -107,9 +107,9 @@ def _spy_adapt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     adapted: list[str] = []
     original = MemoryWriter.__init__
 
-    def spy(self, embedder, memory, vocabulary):
+    def spy(self, embedder, memory, vocabulary, *rest):
         adapted.append(vocabulary.name)
-        return original(self, embedder, memory, vocabulary)
+        return original(self, embedder, memory, vocabulary, *rest)
 
     monkeypatch.setattr(MemoryWriter, "__init__", spy)
     return adapted

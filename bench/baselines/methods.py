@@ -41,6 +41,7 @@ def _union(names: list[str]) -> list[str]:
 
 class AdapterFinetune(Method):
     distributed = False  # training under DDP would change the batches and the result; one process only
+    uses_seed = True  # SEED orders the training batches (EpochShuffle)
     replay = False  # keep an exemplar buffer of earlier tasks and train on it too
     joint = False  # retrain from the base model on every task so far
 

@@ -34,6 +34,9 @@ class Method:
     name = ""
     description = ""
     distributed = True  # runs with devices > 1 and writes the same record as with one process
+    # The run's SEED changes its result (training order, initialisation); `compare seeds=` runs such a method once
+    # per seed and a seedless one once (knn and zeroshot give the same record bit for bit under any SEED).
+    uses_seed = False
 
     def setup(self, ctx: RunContext, steps_done: int) -> None:
         """Build the method's state, restored from ``steps_done`` finished steps (0 = fresh)."""
@@ -49,6 +52,10 @@ class Method:
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         return {}
+
+    def memory_classes(self, ctx: RunContext) -> list[str]:
+        """The classes the method holds examples of after its last step (a memory's entries); none by default."""
+        return []
 
     def state_path(self, out: Path, step: int) -> Path | None:
         """The file or folder that :meth:`setup` reads to resume after ``step`` finished steps (None: no state).

@@ -74,7 +74,7 @@ class KnnMemory(Method):
         from bench.models import build_embedder
 
         cfg = ctx.cfg
-        embedder = build_embedder(cfg.embedder.kind, ctx.base, cfg.embedder.name,
+        embedder = build_embedder(cfg.embedder.kind, ctx.base, cfg.embedder.name, cfg.embedder.pretrained,
                                   image_size=cfg.embedder.image_size or None, seed=cfg.model.seed)
         spec = IndexSpec.from_config(cfg.knn)
         memory = (Memory.load(self.state_path(ctx.out, steps_done), embedder.identity, embedder.dim, spec)
@@ -100,6 +100,9 @@ class KnnMemory(Method):
 
     def state_path(self, out: Path, step: int) -> Path:
         return out / "memory" / f"step-{step}"
+
+    def memory_classes(self, ctx: RunContext) -> list[str]:
+        return list(self._head.memory.names)
 
     def state_size(self, ctx: RunContext) -> dict[str, int]:
         memory = self._head.memory

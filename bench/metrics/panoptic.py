@@ -147,4 +147,5 @@ def pq_from_stats(stats: Tensor, is_thing: Tensor) -> dict:
         out[group]["n"] = n
     out["per_class"] = {c: q if q is not None else {"pq": 0.0, "sq": 0.0, "rq": 0.0}
                         for c, q in enumerate(per_class)}
+    out["present"] = [q is not None for q in per_class]  # which classes occur (per_class shows 0.0 for the others)
     return out

@@ -49,9 +49,21 @@ BASES: Registry[Any] = Registry("base", "base.kind", ["bench.models"], ConfigErr
 EMBEDDERS: Registry[Any] = Registry("memory embedder", "embedder.kind", ["bench.models"], ConfigError)
 
 
-def build_base(name: str, pretrained: str = "", seed: int = 0, kind: str = "maskclip") -> BaseSegmenter:
-    """The registered base ``kind`` on model ``name`` with weights ``pretrained`` (``seed`` for random ones)."""
-    return BASES.get(kind)(name, pretrained, seed)
+def build_base(name: str, pretrained: str = "", seed: int = 0, kind: str = "maskclip", templates: str = "short",
+               synonyms: bool = False) -> BaseSegmenter:
+    """The registered base ``kind`` on model ``name`` with weights ``pretrained`` (``seed`` for random ones).
+
+    ``templates`` / ``synonyms`` (``text.*``) say how its :meth:`~BaseSegmenter.text_embeddings` prompt class
+    names; they are set on the base, so every user of its text embeddings (heads, baselines, sweeps) gets the
+    same. A base without ``set_prompts`` embeds names its own way and takes only the defaults.
+    """
+    base = BASES.get(kind)(name, pretrained, seed)
+    if (templates, synonyms) != ("short", False):
+        if not hasattr(base, "set_prompts"):
+            raise ConfigError(f"base.kind {kind!r} does not take text.templates / text.synonyms (got "
+                              f"templates={templates}, synonyms={synonyms}); leave them at short / false")
+        base.set_prompts(templates, synonyms)
+    return base
 
 
 def base_weights_identity(kind: str, name: str, pretrained: str = "", seed: int = 0) -> str:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from bench.errors import ConfigError, WeightsUnavailable, first_line
 from bench.io import cache_dir, read_cache, write_state_bytes
 from bench.models import BASES, EMBEDDERS
+from bench.models.checkpoint import FILE_TAG, file_weights, mismatch, names_file, read_state_dict, weights_file
+from bench.models.prompts import DEFAULT_TEMPLATES, TEMPLATE_SETS, ensemble, prompt_names, templates
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -24,19 +26,12 @@ SUITE_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 RANDOM_INIT_MODELS = tuple(m for m in SUITE_MODELS if m not in SUITE_WEIGHTS)
 RANDOM_TAG = "random-init"
 IN_REPO_TAG = "in-repo"
+PRETRAINED_KEY = "model.pretrained"
 # The weights file keeps only the token-table rows its captions used, with their BPE ids.
 TOKEN_ROWS, TOKEN_IDS = "token_embedding.rows", "token_embedding.ids"
 
-# Prompt ensemble in the style of CLIP's ImageNet templates, trimmed to ones that suit scene parts.
-PROMPT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "there is a {} in the scene.",
-    "there is the {} in the scene.",
-    "this is a {}.",
-    "a photo of a small {}.",
-    "a photo of a large {}.",
-)
+# The default prompt ensemble (text.templates=short); bench.pretrain captions its images with the same.
+PROMPT_TEMPLATES = TEMPLATE_SETS[DEFAULT_TEMPLATES]
 
 
 def _register_configs() -> None:
@@ -47,7 +42,8 @@ def _register_configs() -> None:
 
 
 def resolve_pretrained(name: str, pretrained: str) -> str:
-    """Check model name and pretrained tag; an empty tag means the model's default weights."""
+    """Check model name and pretrained tag; an empty tag means the model's default weights. A checkpoint file
+    (:func:`bench.models.checkpoint.names_file`) resolves to its absolute path, which no tag can be."""
     import open_clip
 
     _register_configs()
@@ -56,6 +52,8 @@ def resolve_pretrained(name: str, pretrained: str) -> str:
         raise ConfigError(f"unknown MODEL {name!r}: not an open_clip model name. Suite models: "
                           f"{', '.join(SUITE_MODELS)}; open_clip ViTs include {', '.join(known)}, ...")
     tags = open_clip.list_pretrained_tags_by_model(name)
+    if names_file(pretrained, [*tags, RANDOM_TAG, IN_REPO_TAG]):
+        return str(weights_file(PRETRAINED_KEY, pretrained))
     if name in SUITE_WEIGHTS:
         if pretrained not in ("", IN_REPO_TAG, RANDOM_TAG):
             raise ConfigError(f"MODEL {name} ships its weights in the repository; PRETRAINED must be empty (or "
@@ -124,17 +122,15 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
 
     tag = resolve_pretrained(name, pretrained)
     if tag in (RANDOM_TAG, IN_REPO_TAG):
-        # Random weights depend only on the seed, never on the caller's RNG state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            quiet = logging.getLogger().level
-            logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random init is random
-            try:
-                model = open_clip.create_model(name, pretrained=None)
-            finally:
-                logging.getLogger().setLevel(quiet)
+        model = _random_model(name, seed)
         if tag == IN_REPO_TAG:  # every random value is replaced by the committed weights
             load_suite_weights(model, name)
+    elif os.path.isabs(tag):  # a checkpoint file: open_clip reads it (state_dict key, module. prefix, conversions)
+        try:
+            with torch.random.fork_rng(devices=[]):  # the random init it replaces must not move the caller's RNG
+                model = open_clip.create_model(name, pretrained=tag, require_pretrained=True)
+        except Exception as e:
+            raise WeightsUnavailable(_file_error(name, Path(tag), e)) from e
     else:
         try:
             model = open_clip.create_model(name, pretrained=tag, require_pretrained=True)
@@ -147,13 +143,40 @@ def load_open_clip(name: str, pretrained: str, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def _random_model(name: str, seed: int) -> torch.nn.Module:
+    """Model ``name`` with random weights that depend only on ``seed``, never on the caller's RNG state."""
+    import open_clip
+
+    _register_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random init is random
+        try:
+            return open_clip.create_model(name, pretrained=None)
+        finally:
+            logging.getLogger().setLevel(quiet)
+
+
+def _file_error(name: str, path: Path, e: Exception) -> str:
+    """Why open_clip could not load checkpoint ``path`` into MODEL ``name``, in one line: the file is not a
+    checkpoint (raised from here), or its keys and shapes do not fit (read as open_clip reads them)."""
+    state = read_state_dict(PRETRAINED_KEY, path, wrappers=("state_dict",), prefixes=("module.",))
+    why = mismatch(_random_model(name, 0), state)
+    what = f"does not fit MODEL {name}: {why}" if why else f"could not be loaded into MODEL {name}: {first_line(e)}"
+    return f"{PRETRAINED_KEY}: {path}: {what}. Random weights are never substituted"
+
+
 def weights_identity(name: str, pretrained: str = "", seed: int = 0) -> str:
     """What names a base model's weights in records: the tag, the seed of random weights, the checksum of in-repo
-    ones (so rebuilt weights are a different model). Cheap: no model is built."""
+    ones (so rebuilt weights are a different model), the sha256 of a checkpoint file (hashed once per process).
+    Cheap: no model is built."""
     tag = resolve_pretrained(name, pretrained)
     weights = f"{tag}(seed={seed})" if tag == RANDOM_TAG else tag
     if tag == IN_REPO_TAG:
         weights = f"{IN_REPO_TAG}(sha256={suite_checksum(name)[:16]})"
+    elif os.path.isabs(tag):
+        weights = file_weights(PRETRAINED_KEY, Path(tag))
     return f"open_clip:{name}/{weights}"
 
 
@@ -168,7 +191,10 @@ class OpenClipBase(torch.nn.Module):
         super().__init__()
         import open_clip
 
-        self.tag = resolve_pretrained(name, pretrained)
+        # What the record names (a tag, or a checkpoint file's absolute path) and the short tag ("file" for a
+        # file: the tag is part of cache file names; the file's sha256 is in the identity).
+        self.pretrained = resolve_pretrained(name, pretrained)
+        self.tag = FILE_TAG if os.path.isabs(self.pretrained) else self.pretrained
         self.name = name
         self.model = load_open_clip(name, pretrained, seed)
         visual = self.model.visual
@@ -181,8 +207,9 @@ class OpenClipBase(torch.nn.Module):
         self.std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
         self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
         self.logit_scale = float(self.model.logit_scale.detach().exp())
-        self.identity = weights_identity(name, self.tag, seed)
+        self.identity = weights_identity(name, self.pretrained, seed)
         self._tokenizer = open_clip.get_tokenizer(name)
+        self.templates, self.synonyms = DEFAULT_TEMPLATES, False
         self.requires_grad_(False)
 
     weights_identity = staticmethod(weights_identity)
@@ -265,21 +292,32 @@ class OpenClipBase(torch.nn.Module):
         return self._dense(self._last(trunk, grid, "value"), grid), _grid(full, grid)
 
     # -- text ---------------------------------------------------------------------------------------------------
+    def set_prompts(self, template_set: str, synonyms: bool) -> None:
+        """How :meth:`text_embeddings` prompts class names (``text.templates``, ``text.synonyms``)."""
+        templates(template_set)  # an unknown set stops here
+        self.templates, self.synonyms = template_set, synonyms
+
     @torch.no_grad()
     def text_embeddings(self, class_names: list[str]) -> torch.Tensor:
-        """Prompt-ensembled, L2-normalised ``C×D`` text embeddings, cached on disk by weights and vocabulary."""
-        key = hashlib.sha1("\n".join([self.identity, *PROMPT_TEMPLATES, "", *class_names]).encode()).hexdigest()
+        """Prompt-ensembled, L2-normalised ``C×D`` text embeddings, cached on disk by weights, prompts and
+        vocabulary. With ``synonyms``, a line ``"building, edifice"`` is the normalised mean of its names'
+        ensembles (:func:`bench.models.prompts.ensemble`); row ``i`` is always ``class_names[i]``."""
+        chosen = templates(self.templates)
+        # The default prompts keep the key they always had, so existing caches stay valid; the template strings
+        # are in the key, and synonyms add a marker line no template can equal (templates hold "{}").
+        marker = ["synonyms"] if self.synonyms else []
+        key = hashlib.sha1("\n".join([self.identity, *marker, *chosen, "", *class_names]).encode()).hexdigest()
         path = cache_dir() / "text" / f"{self.name}-{self.tag}-{key[:16]}.pt"
         cached = read_cache(path, "text-embedding cache", ("identity", "classes", "embeddings"))
         if cached is not None and cached["classes"] == list(class_names) and cached["identity"] == self.identity:
             return cached["embeddings"]
-        prompts = [t.format(name) for name in class_names for t in PROMPT_TEMPLATES]
+        names, owner = prompt_names(class_names, self.synonyms)
+        prompts = [t.format(name) for name in names for t in chosen]
         device = self.model.logit_scale.device
         # One batched pass over all prompts (chunked): per-class calls cost seconds on 1203 LVIS classes.
         encoded = torch.cat([self.model.encode_text(self._tokenizer(prompts[i:i + 512]).to(device)).float()
                              for i in range(0, len(prompts), 512)])
-        per_class = F.normalize(encoded, dim=-1).view(len(class_names), len(PROMPT_TEMPLATES), -1).mean(1)
-        embeddings = F.normalize(per_class, dim=-1).cpu()
+        embeddings = ensemble(encoded, len(chosen), owner, len(class_names)).cpu()
         buf = io.BytesIO()
         torch.save({"identity": self.identity, "classes": list(class_names), "embeddings": embeddings}, buf)
         write_state_bytes(path, buf.getvalue())
@@ -308,7 +346,10 @@ class ClipVisualEmbedder(torch.nn.Module):
 
 
 @EMBEDDERS.register("clip", "the base model's visual tower: last-layer patch tokens")
-def clip_embedder(base: OpenClipBase, **_: object) -> ClipVisualEmbedder:
+def clip_embedder(base: OpenClipBase, pretrained: str = "", **_: object) -> ClipVisualEmbedder:
+    if pretrained:
+        raise ConfigError(f"embedder.pretrained={pretrained!r} is for embedder.kind=dinov2; embedder.kind=clip "
+                          "embeds with the base model's own weights (set those with model.pretrained)")
     return ClipVisualEmbedder(base)
 
 
