@@ -13,6 +13,7 @@ recomputes the scores from the weighted sums. Intervals are percentile intervals
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -51,9 +52,12 @@ def miou(totals: np.ndarray) -> np.ndarray:
     """Percent mIoU of summed counts ``...×C×3`` (NaN where no class has a union)."""
     tp, t, p = totals[..., 0], totals[..., 1], totals[..., 2]
     union = t + p - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-        return 100.0 * np.nanmean(iou, axis=-1) if iou.shape[-1] else np.full(iou.shape[:-1], np.nan)
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    if not iou.shape[-1]:
+        return np.full(iou.shape[:-1], np.nan)
+    with warnings.catch_warnings():  # a replicate with no class present is NaN, as the metric says
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return 100.0 * np.nanmean(iou, axis=-1)
 
 
 def class_iou(totals: np.ndarray) -> np.ndarray:

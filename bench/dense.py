@@ -113,19 +113,21 @@ class DenseFeatures:
 
     def pool(self, label_map: torch.Tensor, num_regions: int) -> torch.Tensor:
         """float ``num_regions×D``: row ``k-1`` is the mean feature of region ``k`` of ``label_map`` (int64 at the
-        image's own size, 0 = none); a region with no pixels gets a zero row."""
+        image's own size, 0 = none); a region with no pixels gets a zero row. Pooled in float32 whatever the
+        features' precision (pixel counts do not fit bf16's 8-bit mantissa)."""
         lay = self.layout
+        features = self.features.float()
         if lay.count == 1 and lay.resized == (lay.window, lay.window) == (self.extent, self.extent):
-            return pool_features(self.features[0], label_map, num_regions)  # whole: the grid spans the image
+            return pool_features(features[0], label_map, num_regions)  # whole: the grid spans the image
         H, W = label_map.shape
-        (rh, rw), win, g = lay.resized, lay.window, self.features.shape[-1]
+        (rh, rw), win, g = lay.resized, lay.window, features.shape[-1]
         device = label_map.device
         ry = torch.arange(H, device=device) * rh // H  # each pixel's place in the resized image
         rx = torch.arange(W, device=device) * rw // W
         wy = 1.0 / _cover(lay.rows, win, max(rh, win), device)[ry]
         wx = 1.0 / _cover(lay.cols, win, max(rw, win), device)[rx]
-        d = self.features.shape[1]
-        sums = torch.zeros(num_regions, d, dtype=self.features.dtype, device=device)
+        d = features.shape[1]
+        sums = torch.zeros(num_regions, d, dtype=features.dtype, device=device)
         area = torch.zeros(num_regions, dtype=torch.float64, device=device)
         k = 0
         for top in lay.rows:
@@ -138,7 +140,7 @@ class DenseFeatures:
                 weight = (wy[r0:r1].view(-1, 1) * wx[c0:c1].view(1, -1)).to(torch.float64)
                 counts = torch.zeros((num_regions + 1) * g * g, dtype=torch.float64, device=device)
                 counts = counts.index_add_(0, index.flatten(), weight.flatten()).view(num_regions + 1, g * g)[1:]
-                sums += counts.to(self.features.dtype) @ self.features[k].reshape(d, g * g).T
+                sums += counts.to(features.dtype) @ features[k].reshape(d, g * g).T
                 area += counts.sum(1)
                 k += 1
         return torch.where(area.view(-1, 1) > 0, sums / area.clamp_min(1e-12).view(-1, 1).to(sums.dtype), 0)

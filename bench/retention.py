@@ -41,7 +41,8 @@ def retention(memory_run: Mapping[str, Any], base_run: Mapping[str, Any],
     (``bench.protocols.load_counts``; without them, no intervals). Returns ``{"step": t (1-based), "held":
     [names], "tasks": {task: {"classes": [names], "diff", "interval"}}, "overall": {"classes": n, "diff",
     "interval"}}``; a task none of whose evaluated classes is unheld is left out, and ``overall.classes`` is 0
-    when every evaluated class is held."""
+    when every evaluated class is held. A memory record without memory classes for the step (before record
+    version 3) raises ValueError."""
     per_class_m, per_class_b = memory_run["per_class_iou"][step], base_run["per_class_iou"][step]
     t = step if step >= 0 else len(memory_run["per_class_iou"]) + step
     if len(memory_run["memory_classes"]) <= t:  # records before version 3 did not say what the memory held

@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fixtures = write_all(Path(tmp) / "fixtures")
         scores = {model: measure(fixtures, Path(tmp), model) for model in args.models}
-    atomic_write_json(args.out, {"what": "final mIoU (%) of self-retrieval on real photos, tiny-random, GT proposals, "
-                                         "k=1, lambda=1, T=-2, random weights (benchmarks/real_samples.py)",
+    atomic_write_json(args.out, {"what": "final mIoU (%) of self-retrieval on real photos, random-weight models, GT "
+                                         "proposals, k=1, lambda=1, T=-2 (benchmarks/real_samples.py)",
                                  "inference": {n: sequence_inference(*SAMPLES[n][3]) for n in SAMPLES},
                                  "miou": scores})
     print(json.dumps(scores, indent=1))

@@ -403,8 +403,10 @@ def test_metric_sums_images_and_resets() -> None:
     np.testing.assert_array_equal(metric.stats[:, :3].numpy(), total[:, :3])
     np.testing.assert_allclose(metric.stats[:, 3].numpy(), total[:, 3], rtol=0, atol=1e-9)
     out = metric.compute()
-    assert set(out) == {"All", "Things", "Stuff", "per_class"}
+    assert set(out) == {"All", "Things", "Stuff", "per_class", "present"}
     assert set(out["per_class"]) == set(range(7))
+    # present: the classes that occur (tp + fp + fn > 0); per_class shows 0.0 for the others, as panopticapi
+    assert out["present"] == [bool(total[c, :3].sum() > 0) for c in range(7)]
     assert_summary_close(out, reference_summary(total, is_thing))
     metric.reset()
     assert int(metric.stats.abs().sum()) == 0
