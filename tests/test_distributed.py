@@ -47,6 +47,7 @@ def _memory(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_two_process_ddp_run_writes_the_record_of_one_process(tmp_path: Path) -> None:
+    from bench.protocols import load_counts
     from bench.run import build_config, run
 
     cfg, spec = build_config([*ARGS, f"output_dir={tmp_path / 'one'}"])
@@ -69,6 +70,11 @@ def test_two_process_ddp_run_writes_the_record_of_one_process(tmp_path: Path) ->
         x2, y2 = _memory(two_dir / "memory" / f"step-{step}")
         assert np.array_equal(y1, y2)
         np.testing.assert_allclose(x2, x1, rtol=0, atol=1e-6)
+        # the per-image class counts behind the intervals, gathered from both ranks in image order
+        c1, c2 = load_counts(one_dir, step), load_counts(two_dir, step)
+        assert c1.keys() == c2.keys() and all(np.array_equal(a, b) for k in c1 for a, b in zip(c1[k], c2[k]))
+        assert all(len(c1[k]) == len(c2[k]) for k in c1)
+    assert two["intervals"] == one["intervals"] and two["intervals"]["miou"]["final_average"] is not None
 
 
 def test_fine_tuning_refuses_more_than_one_process(tmp_path: Path) -> None:
