@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TOKENIZERS_PARALLELISM := false
-MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGRESS_RUNS
+MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGRESS_RUNS ARGS
 OVERRIDES := $(filter-out $(foreach v,$(MAKE_VARS),$(v)=% $(v):=% $(v)::=%),$(MAKEOVERRIDES))
 
 .DEFAULT_GOAL := help
@@ -62,6 +62,9 @@ perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.jso
 
 stages: $(STAMP)  ## per-image evaluation time by stage, workers, SLIC max_side -> results/perf/stages.json (~3 min; QUICK=1: ~2)
 	$(PY) benchmarks/stages.py $(if $(QUICK),--quick)
+
+compare-bases: $(STAMP)  ## zero-shot vs knn for every base (and proposer) -> results/bases/<seq>.md: make compare-bases [ARGS="--proposers gt superpixel"]
+	$(PY) benchmarks/bases.py $(ARGS)
 
 gpu-check: $(STAMP)  ## the same short runs on GPU and CPU, records compared, stages timed -> results/perf/gpu_check.json (skips without a GPU)
 	$(PY) benchmarks/gpu_check.py $(if $(PRECISION),--precision $(PRECISION))

@@ -55,12 +55,15 @@ class EmbedderConfig:
 
 @dataclass(config=_CHECKED)
 class ProposalConfig:
-    kind: str = "superpixel"  # bench.proposals registry: gt (oracle) or superpixel (SLIC)
+    kind: str = "superpixel"  # bench.proposals registry: gt (oracle), superpixel (SLIC), mask2former, sam
     n_segments: AtLeastOne = 64
     compactness: Annotated[float, Field(ge=0)] = 10.0
     # superpixel: 0 = SLIC on the full image; n = SLIC on the image scaled so its long side is at most n, the
     # labels scaled back (nearest): faster, coarser boundaries (README, "Performance")
     max_side: NonNegative = 0
+    # mask2former, sam: a hub name or local folder (empty = the proposer's default checkpoint; tiny-random in tests)
+    model: str = ""
+    min_area: NonNegative = 0  # mask2former, sam: pixels a kept mask must cover after overlaps are resolved
 
 
 @dataclass(config=_CHECKED)
@@ -301,7 +304,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 # hash, so the runs and references named before them keep their names. ``inference`` is left out in ``whole``
 # mode (the suite's first behaviour, where its other fields have no effect).
 _LATER_NEUTRAL = {("precision",): "32", ("eval_future",): False, ("embedder", "pretrained"): "",
-                  ("proposals", "max_side"): 0, ("text",): dataclasses.asdict(TextConfig())}
+                  ("proposals", "max_side"): 0, ("proposals", "model"): "", ("proposals", "min_area"): 0,
+                  ("text",): dataclasses.asdict(TextConfig())}
 
 
 def config_hash(cfg: RunConfig) -> str:

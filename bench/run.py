@@ -211,7 +211,8 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
         label = "inference" if not task.inference else f"{spec.path}: task {task.name!r}: inference"
         check_protocol(task_inference(cfg, task), base.image_size, label)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side)
+                              max_side=cfg.proposals.max_side,
+                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
     # CPU proposals are made in the eval loaders' workers, beside decoding, off the main process.
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
                             cfg.eval_limit, readers, eval_transform=loader_transform(proposer),

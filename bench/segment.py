@@ -182,7 +182,8 @@ def _proposer(cfg: Any, where: str) -> Any:
     from bench.proposals import build_proposer
 
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side)
+                              max_side=cfg.proposals.max_side,
+                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
     try:
         proposer({"image": torch.zeros(3, 8, 8, dtype=torch.uint8)})
     except KeyError as e:

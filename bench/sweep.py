@@ -109,7 +109,8 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
                       cfg.text.synonyms)
     proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side)
+                              max_side=cfg.proposals.max_side,
+                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, 0, cfg.adapt_limit, cfg.eval_limit)
     last = len(spec.tasks)
     method = get_method("knn")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.dense import WHOLE, dense_features
+from bench.heads.zeroshot import project_pooled
 from bench.io import cache_dir, read_cache, write_state_bytes
 
 
@@ -50,7 +51,7 @@ def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8, protocol: Any 
             classes = sample["segment_classes"]
             areas = torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:]
             keep = ~sample["segment_iscrowd"] & (areas > 0)
-            pooled = feats.pool(sample["segments"], len(classes))[keep]
+            pooled = project_pooled(base, feats.pool(sample["segments"], len(classes))[keep])
             embeddings.append(F.normalize(pooled, dim=1))
             names += [dataset.vocabulary.classes[c] for c in classes[keep].tolist()]
     out = torch.cat(embeddings).float() if embeddings else torch.zeros(0, base.dim)

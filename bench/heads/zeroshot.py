@@ -13,6 +13,12 @@ from bench.pooling import pool_regions
 from datamodules.vocabulary import Vocabulary
 
 
+def project_pooled(base: Any, pooled: torch.Tensor) -> torch.Tensor:
+    """``base.project_pooled`` where the base has one (FC-CLIP-style bases), else the pooled features as they are."""
+    project = getattr(base, "project_pooled", None)
+    return pooled if project is None else project(pooled)
+
+
 class ZeroShotHead(torch.nn.Module):
     """``softmax(logit_scale · cos(pooled base feature, text embedding))`` over the vocabulary's classes."""
 
@@ -29,9 +35,10 @@ class ZeroShotHead(torch.nn.Module):
         self.text = [self.base.text_embeddings(list(v.classes)) for v in self.vocabularies]
 
     def pooled(self, label_map: torch.Tensor, base_feats: Any) -> torch.Tensor:
-        """L2-normalised float ``Q×D`` base features of the proposals (``Q`` = largest label)."""
+        """L2-normalised float ``Q×D`` base features of the proposals (``Q`` = largest label), in the joint space
+        with text (a base whose dense features are not, e.g. a ConvNeXt, projects the pooled vectors)."""
         num = int(label_map.max()) if label_map.numel() else 0
-        return F.normalize(pool_regions(base_feats, label_map, num), dim=1)
+        return F.normalize(project_pooled(self.base, pool_regions(base_feats, label_map, num)), dim=1)
 
     def text_probabilities(self, pooled: torch.Tensor, task: int) -> torch.Tensor:
         return torch.softmax(self.base.logit_scale * pooled @ self.text[task].T.to(pooled), dim=1)

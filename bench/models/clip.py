@@ -199,13 +199,10 @@ class OpenClipBase(torch.nn.Module):
         self.model = load_open_clip(name, pretrained, seed)
         visual = self.model.visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
-            raise ConfigError(f"MODEL {name}: dense MaskCLIP features need an open_clip ViT; "
-                              f"{type(visual).__name__} towers are not supported yet")
-        size = visual.image_size
-        self.image_size = size if isinstance(size, int) else size[0]
+            self._check_tower(name)
+        self._setup_tower()
         self.mean = torch.tensor(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         self.std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
-        self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         self.identity = weights_identity(name, self.pretrained, seed)
         self._tokenizer = open_clip.get_tokenizer(name)
@@ -213,6 +210,27 @@ class OpenClipBase(torch.nn.Module):
         self.requires_grad_(False)
 
     weights_identity = staticmethod(weights_identity)
+
+    def _check_tower(self, name: str) -> None:
+        """Called for a tower that is no open_clip ViT: refuse it (a base for other towers overrides this)."""
+        from bench.models import BASES
+
+        kind = next((n for n, e in BASES.entries().items() if e.obj is type(self)), type(self).__name__)
+        vit_bases = [b for b in BASES.names() if b != "convnext"]
+        raise ConfigError(f"base.kind={kind}: MODEL {name} has a {type(self.model.visual).__name__} image tower, "
+                          f"not an open_clip ViT; the ViT bases are {', '.join(vit_bases)}; for a ConvNeXt model "
+                          "use base.kind=convnext")
+
+    def _setup_tower(self) -> None:
+        """Input size and feature width of the tower."""
+        visual = self.model.visual
+        size = visual.image_size
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
+
+    def project_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Mask-pooled dense features into the joint space with text; the ViT bases' features already are."""
+        return pooled
 
     # -- images -------------------------------------------------------------------------------------------------
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
@@ -346,11 +364,12 @@ class ClipVisualEmbedder(torch.nn.Module):
 
 
 @EMBEDDERS.register("clip", "the base model's visual tower: last-layer patch tokens")
-def clip_embedder(base: OpenClipBase, pretrained: str = "", **_: object) -> ClipVisualEmbedder:
+def clip_embedder(base: OpenClipBase, pretrained: str = "", **_: object) -> torch.nn.Module:
     if pretrained:
         raise ConfigError(f"embedder.pretrained={pretrained!r} is for embedder.kind=dinov2; embedder.kind=clip "
                           "embeds with the base model's own weights (set those with model.pretrained)")
-    return ClipVisualEmbedder(base)
+    own = getattr(base, "visual_embedder", None)  # a base whose tower is no ViT says what its tokens are
+    return own() if own is not None else ClipVisualEmbedder(base)
 
 
 def _grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
