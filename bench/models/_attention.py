@@ -7,11 +7,6 @@ import torch
 import torch.nn.functional as F
 
 
-def batch_first(transformer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Tokens in the transformer's own layout → ``B×N×W`` (open_clip builds some towers sequence first)."""
-    return x if getattr(transformer, "batch_first", True) else x.transpose(0, 1)
-
-
 def self_self_attention(attn: torch.nn.MultiheadAttention, y: torch.Tensor, paths: tuple[str, ...]) -> torch.Tensor:
     """float ``B×N×W`` (after ``ln_1``) → ``B×N×W``: ``Σ_p softmax(p·pᵀ·d^-½)`` over ``paths`` (``q``, ``k``), per
     head, applied to the values, then ``out_proj``. SCLIP: ``("q", "k")``; ClearCLIP: ``("q",)``."""

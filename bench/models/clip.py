@@ -345,11 +345,12 @@ class OpenClipBase(torch.nn.Module):
 class ClipVisualEmbedder(torch.nn.Module):
     """Memory embedder from the base model's visual tower: last-layer patch tokens (before the projection)."""
 
-    def __init__(self, base: OpenClipBase) -> None:
+    def __init__(self, base: OpenClipBase, dim: int | None = None, part: str = "tokens") -> None:
+        """``dim`` and ``part`` (what the identity says is embedded) for a tower other than a ViT's."""
         super().__init__()
         self.base = base
-        self.dim = base.model.visual.transformer.width
-        self.identity = f"{base.identity}:tokens"
+        self.dim = dim if dim is not None else base.model.visual.transformer.width
+        self.identity = f"{base.identity}:{part}"
         self.image_size, self.patch_size = base.image_size, base.patch_size
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from bench.errors import ConfigError
 from bench.models import BASES
-from bench.models.clip import OpenClipBase
+from bench.models.clip import ClipVisualEmbedder, OpenClipBase
 
 
 @BASES.register("convnext", "FC-CLIP-style: an open_clip ConvNeXt, masks pooled on its last stage, then the CLIP "
@@ -61,21 +61,11 @@ class ConvNeXtBase(OpenClipBase):
         return ConvNeXtStageEmbedder(self)
 
 
-class ConvNeXtStageEmbedder(torch.nn.Module):
+class ConvNeXtStageEmbedder(ClipVisualEmbedder):
     """Memory embedder from a ConvNeXt base's own tower: the last stage's feature map."""
 
     def __init__(self, base: ConvNeXtBase) -> None:
-        super().__init__()
-        self.base = base
-        self.dim = base.dim
-        self.identity = f"{base.identity}:last-stage"
-        self.image_size, self.patch_size = base.image_size, base.patch_size
-
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        return self.base.preprocess(image)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base.normalize(x)
+        super().__init__(base, base.dim, "last-stage")
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.base.dense_features(images)

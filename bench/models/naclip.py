@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import BASES
-from bench.models.clip import OpenClipBase, weights_identity
+from bench.models._rewired import RewiredBase
 
 GAUSSIAN_STD = 5.0  # NACLIP(gaussian_std=5.) in the authors' naclip.py; no config of theirs changes it
 
@@ -47,31 +47,14 @@ def neighbour_attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, grid
     return attn.out_proj((weights @ v).transpose(1, 2).reshape(b, n, width))
 
 
-def naclip_identity(name: str, pretrained: str = "", seed: int = 0) -> str:
-    # The features differ from MaskCLIP's on the same weights, and caches keyed by identity must not mix them.
-    return f"{weights_identity(name, pretrained, seed)}+naclip(std={GAUSSIAN_STD:g})"
-
-
 @BASES.register("naclip", "NACLIP: last block as key-key attention + Gaussian neighbourhood prior, no residual/FFN")
-class NaclipBase(OpenClipBase):
+class NaclipBase(RewiredBase):
     """:class:`~bench.models.clip.OpenClipBase` with NACLIP's last block for the dense (text-aligned) features."""
 
     gaussian_std = GAUSSIAN_STD
+    suffix = f"naclip(std={GAUSSIAN_STD:g})"
 
-    def __init__(self, name: str, pretrained: str = "", seed: int = 0) -> None:
-        super().__init__(name, pretrained, seed)
-        self.identity = naclip_identity(name, self.pretrained, seed)
-
-    weights_identity = staticmethod(naclip_identity)
-
-    def _last(self, x: torch.Tensor, grid: int, last_block: str) -> torch.Tensor:
-        """``full``: CLIP's last block (the memory embedder's tokens); otherwise NACLIP's reduced one."""
-        if last_block == "full":
-            return super()._last(x, grid, last_block)
-        visual = self.model.visual
-        last = visual.transformer.resblocks[-1]
-        x = x if getattr(visual.transformer, "batch_first", True) else x.transpose(0, 1)
+    def last_block(self, block: torch.nn.Module, x: torch.Tensor, grid: int) -> torch.Tensor:
         # The reduced architecture: the attention branch alone, no residual and no FFN (ls_1 is the branch's own
         # layer scale where a model has one, identity in OpenAI CLIP).
-        x = last.ls_1(neighbour_attention(last.attn, last.ln_1(x), grid, self.gaussian_std))
-        return visual.ln_post(x[:, x.shape[1] - grid * grid:])
+        return block.ls_1(neighbour_attention(block.attn, block.ln_1(x), grid, self.gaussian_std))
