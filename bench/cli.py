@@ -96,8 +96,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{heading} ({registry.key}=):")
         for entry in registry.entries().values():
             print(f"  {entry.name:<20} {entry.description}")
-    print(f"models (MODEL=): any open_clip ViT name with a pretrained tag; suite configs: "
-          f"{', '.join(RANDOM_INIT_MODELS)}, tiny-clip-synth")
+    print("models (MODEL=): any open_clip model with a pretrained tag or a checkpoint file (ViTs for the ViT bases, "
+          f"ConvNeXts for base.kind=convnext); suite configs: {', '.join(RANDOM_INIT_MODELS)}, tiny-clip-synth")
     return 0
 
 
