@@ -332,3 +332,21 @@ def task_inference(cfg: RunConfig, task: Any, where: str = "") -> InferenceConfi
     for key, value in task.inference.items():
         set_value(holder, f"inference.{key}", value, f"{label}.{key}")
     return holder.inference
+
+
+def base_from_config(cfg: RunConfig) -> Any:
+    """The base segmenter the config names (model, weights, kind, prompts), as runs, sweeps and ``bench segment``
+    build it."""
+    from bench.models import build_base
+
+    return build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
+                      cfg.text.synonyms)
+
+
+def proposer_from_config(cfg: RunConfig) -> Any:
+    """The proposal generator the config's ``proposals`` group names, with every one of its settings."""
+    from bench.proposals import build_proposer
+
+    p = cfg.proposals
+    return build_proposer(p.kind, p.n_segments, p.compactness, max_side=p.max_side, model=p.model,
+                          min_area=p.min_area)

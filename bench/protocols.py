@@ -28,6 +28,7 @@ from bench.config import task_inference
 from bench.distributed import is_rank_zero
 from bench.io import read_state_bytes, write_state_bytes
 from bench.record import RunRecord, Summary
+from datamodules.protocols import cumulative_task, old_new, split_old_new
 
 CUMULATIVE = "cumulative"  # the key of a class-incremental step's evaluation in a counts file
 
@@ -157,7 +158,6 @@ def _record_class_groups(record: RunRecord, task: Any, reader: Any) -> None:
 def _cumulative(ctx: Any, module: Any, t: int, record: RunRecord) -> list[np.ndarray]:
     """The class-incremental evaluation after step ``t``: old / new / all mIoU (and PQ) into the record."""
     from bench.module import evaluate_tasks
-    from datamodules.protocols import cumulative_task, old_new
 
     spec, dm = ctx.spec, ctx.dm
     task = cumulative_task(spec, t)
@@ -216,7 +216,7 @@ def intervals(out: Path, record: RunRecord, vocabulary_sizes: list[int], replica
     out_: dict[str, dict[str, list[float] | None]] = {"miou": {k: interval(v) for k, v in reps.items()}}
     last = steps[-1]
     if CUMULATIVE in last:
-        old, new = old_new_from_record(record)
+        old, new = split_old_new(record.vocabulary_sizes[: record.steps_done])  # each task: its step's classes
         totals = resampled(dense(last[CUMULATIVE], len(old) + len(new)), weights[CUMULATIVE])
         out_["cumulative_miou"] = {g: interval(miou(totals[:, ids])) if ids else None
                                    for g, ids in {"old": old, "new": new, "all": old + new}.items()}
@@ -251,13 +251,6 @@ def paired_intervals(out_a: Path, record_a: Any, out_b: Path, record_b: Any, rep
         result[key] = {"diff": None if a is None or b is None else round(a - b, 4),
                        "interval": interval(reps_a[key] - reps_b[key])}
     return result
-
-
-def old_new_from_record(record: RunRecord) -> tuple[list[int], list[int]]:
-    """Old and new class ids of the record's last class-incremental step (tasks add their classes in order)."""
-    sizes = record.vocabulary_sizes[: record.steps_done]
-    n_old, n_all = sizes[0], sum(sizes)
-    return list(range(n_old)), list(range(n_old, n_all))
 
 
 def evaluate_initial(ctx: Any, proposer: Any, record: RunRecord) -> None:

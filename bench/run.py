@@ -17,8 +17,10 @@ from bench import continual, resume
 from bench.config import (
     RunConfig,
     apply_mapping,
+    base_from_config,
     config_hash,
     parse_overrides,
+    proposer_from_config,
     set_value,
     task_inference,
     to_dict,
@@ -167,10 +169,10 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
 
     from bench.dense import check_protocol
     from bench.loggers import finish, log_final, log_results, make_loggers
-    from bench.models import base_weights_identity, build_base
+    from bench.models import base_weights_identity
     from bench.module import ContinualSegmenter
     from bench.plots import heatmap
-    from bench.proposals import build_proposer, loader_transform
+    from bench.proposals import loader_transform
     from datamodules import SequenceDataModule
 
     method = get_method(cfg.method)
@@ -205,14 +207,11 @@ def _run(cfg: RunConfig, spec: SequenceSpec, recompute_from: int | None) -> RunR
     preflight(spec, cfg.data_root, readers=readers)  # a missing or broken eval file stops it before a model loads
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
-                      cfg.text.synonyms)
+    base = base_from_config(cfg)
     for task in spec.tasks:  # windows need the base's input size: checked once it is known
         label = "inference" if not task.inference else f"{spec.path}: task {task.name!r}: inference"
         check_protocol(task_inference(cfg, task), base.image_size, label)
-    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side,
-                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
+    proposer = proposer_from_config(cfg)
     # CPU proposals are made in the eval loaders' workers, beside decoding, off the main process.
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, cfg.num_workers, cfg.adapt_limit,
                             cfg.eval_limit, readers, eval_transform=loader_transform(proposer),

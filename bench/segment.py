@@ -178,12 +178,10 @@ def _proposer(cfg: Any, where: str) -> Any:
     stops here, before a model loads."""
     import torch
 
+    from bench.config import proposer_from_config
     from bench.errors import ConfigError
-    from bench.proposals import build_proposer
 
-    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side,
-                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
+    proposer = proposer_from_config(cfg)
     try:
         proposer({"image": torch.zeros(3, 8, 8, dtype=torch.uint8)})
     except KeyError as e:
@@ -197,10 +195,10 @@ def segment(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from bench.config import base_from_config
     from bench.dense import check_protocol
     from bench.inference import background_class
     from bench.io import atomic_write_json, atomic_write_text, make_dirs
-    from bench.models import build_base
 
     vocabulary = _vocabulary(args)
     paths = _check_images(args.images)
@@ -208,8 +206,7 @@ def segment(args: argparse.Namespace) -> dict[str, Any]:
     proposer = _proposer(cfg, "--proposals" if args.proposals else f"{args.memory}: the run's proposals.kind")
     out = Path(args.out)
     make_dirs(out, "cannot create --out")
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
-                      cfg.text.synonyms)
+    base = base_from_config(cfg)
     check_protocol(cfg.inference, base.image_size, "--inference")
     head = _head(cfg, record, base, args.memory)
     head.begin([vocabulary])

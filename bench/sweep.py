@@ -96,21 +96,16 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     """Re-score the final evaluation of the finished knn run in ``run_folder`` (config ``cfg``, sequence
     ``spec``) under each fusion point. With ``anchor_row`` (the run's recorded final mIoU row), the point equal
     to the run's own setting must reproduce it, else ``RuntimeError``."""
-    from bench.config import task_inference
+    from bench.config import base_from_config, proposer_from_config, task_inference
     from bench.inference import background_class, background_fallback, semantic_from_proposals
     from bench.methods import RunContext, get_method
-    from bench.models import build_base
     from bench.module import eval_features
-    from bench.proposals import build_proposer
     from datamodules import SequenceDataModule
     from datamodules.contract import IGNORE_INDEX
 
     torch.manual_seed(cfg.seed)
-    base = build_base(cfg.model.name, cfg.model.pretrained, cfg.model.seed, cfg.base.kind, cfg.text.templates,
-                      cfg.text.synonyms)
-    proposer = build_proposer(cfg.proposals.kind, cfg.proposals.n_segments, cfg.proposals.compactness,
-                              max_side=cfg.proposals.max_side,
-                              model=cfg.proposals.model, min_area=cfg.proposals.min_area)
+    base = base_from_config(cfg)
+    proposer = proposer_from_config(cfg)
     dm = SequenceDataModule(spec, cfg.data_root, cfg.batch_size, 0, cfg.adapt_limit, cfg.eval_limit)
     last = len(spec.tasks)
     method = get_method("knn")

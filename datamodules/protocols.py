@@ -29,6 +29,11 @@ def cumulative_task(spec: SequenceSpec, t: int) -> TaskSpec:
 def old_new(spec: SequenceSpec, t: int) -> tuple[list[int], list[int]]:
     """Local ids (in :func:`cumulative_task`'s vocabulary) of the old classes (step 0) and the new ones (steps
     1..t)."""
-    n_old = len(spec.tasks[0].class_ids or ())
-    n_all = sum(len(task.class_ids or ()) for task in spec.tasks[: t + 1])
+    return split_old_new([len(task.class_ids or ()) for task in spec.tasks[: t + 1]])
+
+
+def split_old_new(step_sizes: list[int]) -> tuple[list[int], list[int]]:
+    """Old (the first step's) and new (every later step's) local ids of a union vocabulary built step by step,
+    from how many classes each step added."""
+    n_old, n_all = (step_sizes[0] if step_sizes else 0), sum(step_sizes)
     return list(range(n_old)), list(range(n_old, n_all))
