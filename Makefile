@@ -8,11 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TOKENIZERS_PARALLELISM := false
-MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGRESS_RUNS ARGS
+MAKE_VARS := PYTHON VENV PY STAMP SHELL QUICK MUTATE_FAIL_UNDER MUTATE_ARGS REGRESS_RUNS ARGS \
+  CI_HISTORY REGRESS_SUMMARY HISTORY_EXTRA
 OVERRIDES := $(filter-out $(foreach v,$(MAKE_VARS),$(v)=% $(v):=% $(v)::=%),$(MAKEOVERRIDES))
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench compare report reference regress perf stages gpu-check mutate test test-all lint clean
+.PHONY: help install bench compare report reference regress perf stages gpu-check mutate test test-all lint clean memory-curve history
 
 help:  ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,8 +38,12 @@ bench: $(STAMP)  ## run a sequence: make bench [SEQ=synth-shift] [METHOD=knn] [M
 compare: $(STAMP)  ## every method on one sequence, finished runs reused: make compare [SEQ=synth-shift] [key=value ...]
 	$(PY) -m bench compare $(OVERRIDES)
 
-report: $(STAMP)  ## tables and plots from every record under results/runs into results/report and results/README.md
-	$(PY) -m bench report results/runs --out results/report --dashboard results/README.md --perf results/perf/latest.json
+report: $(STAMP)  ## dashboard from every record under results/runs: results/README.md, results/index.html, results/report/
+	$(PY) -m bench report results/runs --out results/report --dashboard results/README.md --html results/index.html \
+	  --perf results/perf/latest.json --memory results/memory --history results/history.jsonl $(HISTORY_EXTRA)
+
+history: $(STAMP)  ## rebuild results/history.jsonl (scores across commits) from the git log of results/reference
+	$(PY) -m bench history
 
 # The regression runs, <sequence>:<method>: the fast sequence (tiny-random) and the default one (tiny-clip-synth,
 # where the base model's zero-shot knowledge meets the memory), each with knn and zeroshot. On 2 quiet cores with
@@ -50,11 +55,17 @@ reference: $(STAMP)  ## re-run the regression runs (REGRESS_RUNS) and overwrite 
 	  $(PY) -m bench run SEQ=$$s METHOD=$$m RUN_ID=reference progress=false $(OVERRIDES) && \
 	  $(PY) -m bench reference results/runs/$$s/$$m/reference --out results/reference/$$s-$$m.json || exit 1; \
 	done
+	$(PY) -m bench history
+
+# make regress writes each run's history line (source ci) here; CI uploads it (never commits it).
+CI_HISTORY ?= results/runs/ci-history.jsonl
 
 regress: $(STAMP)  ## run the regression runs (synth, synth-shift; knn, zeroshot) and compare with their references
+	rm -f $(CI_HISTORY)
 	for r in $(REGRESS_RUNS); do s=$${r%%:*}; m=$${r##*:}; rm -rf results/runs/$$s/$$m/ci; \
 	  $(PY) -m bench run SEQ=$$s METHOD=$$m RUN_ID=ci progress=false $(OVERRIDES) && \
-	  $(PY) -m bench regress --reference results/reference/$$s-$$m.json results/runs/$$s/$$m/ci || exit 1; \
+	  $(PY) -m bench regress --reference results/reference/$$s-$$m.json results/runs/$$s/$$m/ci \
+	    --history-out $(CI_HISTORY) $(if $(REGRESS_SUMMARY),--summary $(REGRESS_SUMMARY)) || exit 1; \
 	done
 
 perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.json and plot (~12-27 min; QUICK=1: ~2-4 min)
@@ -62,6 +73,9 @@ perf: $(STAMP)  ## memory at scale + pipeline timings -> results/perf/latest.jso
 
 stages: $(STAMP)  ## per-image evaluation time by stage, workers, SLIC max_side -> results/perf/stages.json (~3 min; QUICK=1: ~2)
 	$(PY) benchmarks/stages.py $(if $(QUICK),--quick)
+
+memory-curve: $(STAMP)  ## final mIoU of a finished knn run against memory size -> results/memory/<seq>-knn.{json,png,md}: make memory-curve SEQ=synth-shift [ARGS="--fractions 0.1,1"]
+	$(PY) -m bench memory-curve $(OVERRIDES) $(ARGS)
 
 compare-bases: $(STAMP)  ## zero-shot vs knn for every base (and proposer) -> results/bases/<seq>.md: make compare-bases [ARGS="--proposers gt superpixel"]
 	$(PY) benchmarks/bases.py $(ARGS)

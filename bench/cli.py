@@ -34,18 +34,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report, write_dashboard
 
-    written = build_report(args.run_dirs or ["results/runs"], args.out, perf=args.perf)
+    written = build_report(args.run_dirs or ["results/runs"], args.out, perf=args.perf, history=args.history or (),
+                           memory_dir=args.memory)
     print(f"report of {len(written['records'])} runs: {written['summary_md']}")
     if args.dashboard:
         write_dashboard(Path(written["summary_md"]), Path(args.dashboard))
         print(f"dashboard: {args.dashboard}")
+    if args.html:
+        from bench.html_page import write_html
+
+        write_html(args.dashboard or written["summary_md"], args.html)
+        print(f"dashboard page: {args.html}")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from bench.history import rebuild, write_history
+
+    lines = rebuild(".", args.references)
+    write_history(args.out, lines)
+    print(f"history: {len(lines)} lines from the git log of {args.references} -> {args.out}")
     return 0
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
     from bench.regress import regress_main
 
-    return regress_main(args.reference, args.run)
+    return regress_main(args.reference, args.run, history_out=args.history_out, summary_out=args.summary)
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
@@ -54,6 +69,21 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     make_reference(args.run, args.out)
     print(f"reference written: {args.out}")
     return 0
+
+
+def _cmd_memory_curve(args: argparse.Namespace) -> int:
+    from bench.memory_curve import main as memory_curve
+
+    memory_curve(args.overrides, args.fractions, args.subsample_seed, args.out)  # fractions None: the defaults
+    return 0
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.1,1, got {text!r}") \
+            from None
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -134,10 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", help="also write the report as this markdown page (e.g. results/README.md)")
     p.add_argument("--perf", help="add the memory-at-scale section from this JSON of benchmarks/perf.py "
                                   "(e.g. results/perf/latest.json)")
+    p.add_argument("--history", nargs="+", metavar="JSONL", help="history files to plot across commits "
+                                                                 "(results/history.jsonl, and CI's lines)")
+    p.add_argument("--memory", metavar="DIR", help="show every accuracy-vs-memory-size plot in DIR (results/memory)")
+    p.add_argument("--html", metavar="FILE", help="also write the dashboard as one self-contained HTML page "
+                                                  "(e.g. results/index.html)")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("history", help="rebuild the history across commits from the git log of the references")
+    p.add_argument("--references", default="results/reference", help="folder of the committed references")
+    p.add_argument("--out", default="results/history.jsonl", help="the history file (default: %(default)s)")
+    p.set_defaults(func=_cmd_history)
     p = sub.add_parser("regress", help="compare a run with a committed reference; exit 1 on a drop")
     p.add_argument("--reference", required=True, help="results/reference/<seq>-<method>.json")
     p.add_argument("run", help="a run folder or its record.json")
+    p.add_argument("--history-out", metavar="JSONL", help="append the run's history line (source ci) to this file")
+    p.add_argument("--summary", metavar="FILE", help="append the comparison as markdown (a CI job summary)")
     p.set_defaults(func=_cmd_regress)
     p = sub.add_parser("reference", help="write a reference file from a finished run (see make reference)")
     p.add_argument("run", help="a run folder or its record.json")
@@ -151,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_check)
     add_eval_commands(sub)
     add_segment_command(sub)
+    p = sub.add_parser("memory-curve", help="final mIoU of a finished knn run against memory size (memory "
+                                            "subsampled per class, and in every index kind)",
+                       description="Re-score a finished knn run (found as run names its folder: SEQ=, RUN_ID=, "
+                                   "any run key) with its final memory subsampled per class and re-indexed in each "
+                                   "index kind; writes <out>.json, .png and .md")
+    p.add_argument("overrides", nargs="*", help="key=value naming the run, as for run (SEQ=synth-shift RUN_ID=...)")
+    p.add_argument("--fractions", type=_fractions,
+                   help="fractions of each class's entries kept (default 0.01,0.03,0.1,0.3,1)")
+    p.add_argument("--subsample-seed", type=int, default=0, help="seed of the per-class draws (default 0)")
+    p.add_argument("--out", help="path without suffix (default results/memory/<sequence>-knn)")
+    p.set_defaults(func=_cmd_memory_curve)
     p = sub.add_parser("list", help="list sequences and every registry (methods, bases, embedders, proposers, "
                                     "index kinds, dataset formats)")
     p.set_defaults(func=_cmd_list)

@@ -115,6 +115,16 @@ class KnnConfig:
     nprobe: Annotated[int, Field(ge=KNOB_MIN["nprobe"])] = RUN_INDEX.nprobe  # IVF lists scanned per query
     ef_search: Annotated[int, Field(ge=KNOB_MIN["ef_search"])] = RUN_INDEX.ef_search  # HNSW search candidates
     gpu: bool = RUN_INDEX.gpu  # index on GPU 0; needs a GPU build of faiss (an error otherwise, never a CPU fallback)
+    # index=auto: the recall@k (restricted search against exact search) the probe count is tuned to reach
+    target_recall: Annotated[float, Field(gt=0, le=1)] = RUN_INDEX.target_recall
+    # Several processes: each keeps 1/n of the entries and searches are merged across them (same neighbours as one
+    # process). None = on when more than one process runs.
+    shard: bool | None = None
+    on_disk: bool = False  # IVF kinds: inverted lists in a memory-mapped file next to the run, not in RAM
+    # A memory budget while adapting (0 = none): at most this many entries per class / in all, kept by a
+    # deterministic reservoir; the record says how many were dropped
+    max_per_class: NonNegative = 0
+    max_entries: NonNegative = 0
 
 
 @dataclass(config=_CHECKED)
@@ -170,7 +180,8 @@ ALIASES = {"SEQ": "sequence", "METHOD": "method", "MODEL": "model.name", "PRETRA
            "PRECISION": "precision", "NUM_NODES": "num_nodes"}
 RUN_ONLY_KEYS = ("output_dir", "run_id", "max_steps", "progress", "num_workers", "wandb", "wandb_memory",
                  "devices", "accelerator", "num_nodes")
-_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
+          bool | None: "true, false or null (automatic)"}
 
 
 def default_workers() -> int:
@@ -250,6 +261,11 @@ def set_value(cfg: RunConfig, key: str, raw: Any, label: str | None = None) -> N
     wrong = f"{label}: must be {_expected(type(target), leaf)}, got {raw!r}"
     if get_origin(kind) is Literal:  # a choice of words (precision "32" is a word, not a number)
         kind = str
+    if set(get_args(kind)) == {bool, type(None)}:  # an optional switch: true, false, or null (automatic)
+        if value is None:
+            setattr(target, leaf, None)
+            return
+        kind = bool
     if kind is str and not isinstance(value, (dict, list)):
         value = "" if value is None else str(raw if isinstance(raw, str) else value)
     elif isinstance(value, bool) != (kind is bool):  # only true/false for a switch, never as a number
@@ -304,8 +320,15 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 # hash, so the runs and references named before them keep their names. ``inference`` is left out in ``whole``
 # mode (the suite's first behaviour, where its other fields have no effect).
 _LATER_NEUTRAL = {("precision",): "32", ("eval_future",): False, ("embedder", "pretrained"): "",
+                  ("knn", "target_recall"): 0.95,
+                  ("knn", "max_per_class"): 0, ("knn", "max_entries"): 0,
                   ("proposals", "max_side"): 0, ("proposals", "model"): "", ("proposals", "min_area"): 0,
                   ("text",): dataclasses.asdict(TextConfig())}
+
+
+# Where the memory is kept, which never changes what a search returns (a sharded memory merges to the neighbours
+# of one process, lists on disk are the lists in RAM): left out of the hash, so the same run resumes either way.
+_PLACEMENT_KNN = ("shard", "on_disk")
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -319,6 +342,8 @@ def config_hash(cfg: RunConfig) -> str:
             del holder[leaf]
     if d["inference"]["mode"] == "whole":
         del d["inference"]
+    for key in _PLACEMENT_KNN:
+        del d["knn"][key]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from datamodules.sampling import process_group_initialized, rank, world_size
 
-__all__ = ["barrier", "gather_in_shard_order", "interleave", "is_rank_zero", "rank", "world_size"]
+__all__ = ["all_gather", "barrier", "broadcast", "gather_in_shard_order", "interleave", "is_rank_zero", "rank",
+           "world_size"]
 
 
 def is_rank_zero() -> bool:
@@ -46,3 +47,28 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def all_gather(item: Any) -> list[Any]:
+    """Every rank's ``item`` (any picklable object), indexed by rank, on every rank; ``[item]`` with one process.
+
+    A collective: every rank must call it, the same number of times and in the same order as its other
+    collectives (the sharded memory, :mod:`bench.memory.sharded`, is built on it)."""
+    if world_size() == 1:
+        return [item]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, item)
+    return parts
+
+
+def broadcast(item: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``item`` on every rank (what the others pass is ignored); a collective like :func:`all_gather`."""
+    if world_size() == 1:
+        return item
+    import torch.distributed as dist
+
+    box = [item if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -267,3 +267,17 @@ def read_cache(path: str | Path, what: str, keys: tuple[str, ...] = ()) -> Any:
         log.warning("%s %s: rebuilding it", what, DamagedStateError(path, f"cannot be read: {first_line(e)}"))
         return None
     return cached
+
+
+def read_state_json(file: Path, keys: set[str], what: str) -> dict[str, Any]:
+    """A saved state's metadata file: a JSON object holding at least ``keys``; a :class:`DamagedStateError`
+    naming the file otherwise (``what``: what it should be the metadata of)."""
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError as e:
+        raise DamagedStateError(file, "cannot be read: it is missing") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedStateError(file, f"cannot be read: {e}") from e
+    if not isinstance(meta, dict) or not keys <= set(meta):
+        raise DamagedStateError(file, f"cannot be read: not the metadata of {what}")
+    return meta

@@ -14,6 +14,7 @@ import hashlib
 import math
 import netrc
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -280,3 +281,107 @@ def finish(loggers: list[Any], success: bool = True) -> None:
             _drop_on_error(loggers, logger, "finish", close)
         else:
             logger.finalize("success" if success else "failed")
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _loader_images(loader: Any) -> int | None:
+    """Images one pass over ``loader`` serves on this process: its sampler's length (a shard under DDP), else its
+    dataset's; None when neither is known."""
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        try:
+            return len(part)  # type: ignore[arg-type]
+        except TypeError:
+            continue
+    return None
+
+
+def _task_name(trainer: Any, stage: str, index: int) -> str:
+    """The task a dataloader serves (the suite's DataModule knows), else its index."""
+    dm = getattr(trainer, "datamodule", None)
+    try:
+        task = dm.tasks[dm.step] if stage == "adapt" else dm.evaluated()[index]
+        return str(task.name)
+    except (AttributeError, IndexError, TypeError):
+        return f"dataloader {index}"
+
+
+def progress_bar() -> Any:
+    """Lightning's tqdm progress bar with one bar per adapt and eval dataloader, counted in images (total known
+    from the sampler, so each bar shows images/s and the ETA) and named by its task; fine-tuning epochs keep
+    Lightning's own bar, one line redrawn from epoch to epoch (not left behind: a baseline fits 30 epochs a
+    task)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from tqdm import tqdm
+
+    class ImageProgressBar(TQDMProgressBar):
+        def __init__(self) -> None:
+            super().__init__(leave=False)
+            self._bar: Any = None
+            self._open_key: tuple[str, int] | None = None
+
+        # Fine-tuning (the baselines): Lightning's epoch bar, without the empty "Training: 0/?" lines it prints
+        # when the bar is made and at each epoch's reset before the batch count is set.
+        def init_train_tqdm(self) -> Any:
+            from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+            return Tqdm(desc="fit", position=2 * self.process_position, disable=self.is_disabled, leave=False,
+                        dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT,
+                        delay=3600)  # nothing drawn until the first epoch sets its total
+
+        def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
+            from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+
+            bar = self.train_progress_bar
+            bar.set_description(f"fit: epoch {trainer.current_epoch}", refresh=False)
+            bar.reset(total=convert_inf(self.total_train_batches))
+            bar.initial = 0
+
+        def _start(self, trainer: Any, stage: str, index: int) -> None:
+            if self._open_key == (stage, index):
+                return
+            self._finish()
+            loaders = trainer.predict_dataloaders if stage == "adapt" else trainer.test_dataloaders
+            loader = loaders[index] if isinstance(loaders, list | tuple) else loaders
+            self._bar = tqdm(total=_loader_images(loader), desc=f"{stage} {_task_name(trainer, stage, index)}",
+                             unit="img", dynamic_ncols=True, leave=True, smoothing=0.3)
+            self._open_key = (stage, index)
+
+        def _advance(self, batch: Any) -> None:
+            if self._bar is not None:
+                self._bar.update(len(batch) if isinstance(batch, list | tuple) else 1)
+
+        def _finish(self, *_: Any) -> None:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar, self._open_key = None, None
+
+        # Lightning's predict/test bars (one for all dataloaders, counted in batches) are replaced, not drawn.
+        def on_predict_start(self, *_: Any) -> None:
+            pass
+
+        def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                   dataloader_idx: int = 0) -> None:
+            self._start(trainer, "adapt", dataloader_idx)
+
+        def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                 dataloader_idx: int = 0) -> None:
+            self._advance(batch)
+
+        on_predict_end = _finish
+
+        def on_test_start(self, *_: Any) -> None:
+            pass
+
+        def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+            self._start(trainer, "eval", dataloader_idx)
+
+        def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                              dataloader_idx: int = 0) -> None:
+            self._advance(batch)
+
+        on_test_end = _finish
+
+    return ImageProgressBar()

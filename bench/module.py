@@ -106,6 +106,11 @@ class ContinualSegmenter(L.LightningModule):
                           sample["segment_iscrowd"])
 
     def on_test_epoch_end(self) -> None:
+        # A head may have an ``end()`` (optional: a head is begin + forward): called before any other collective,
+        # as a sharded memory's searches are rounds across processes that every rank must join until all are done.
+        end = getattr(self.head, "end", None)
+        if end is not None:
+            end()
         counts = [gather_in_shard_order(c) for c in self.counts]  # every image, in dataset order
         self.scores = [{**m.compute(), "pq": q.compute() if isinstance(q, PanopticQuality) else None, "counts": c}
                        for m, q, c in zip(self.metrics, self.pq_metrics, counts)]

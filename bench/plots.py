@@ -146,3 +146,34 @@ def latency_recall_plot(result: Mapping[str, Any], path: str | Path) -> Path:
     fig.suptitle("Restricted k=16 search per image, " + ", ".join(f"{k} {v}" for k, v in PERF_SETTING.items()))
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def trend_plot(data: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Final average against commit, one panel per metric (``bench.history.trend_data`` each), one line per
+    method, its tolerance band (around its latest reference value) shaded, regressions as red crosses."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], data):
+        marked = False
+        for i, (method, entry) in enumerate(panel["methods"].items()):
+            colour = f"C{i}"
+            pts = entry["points"]
+            ax.plot([p["x"] for p in pts], [p["value"] for p in pts], "o-", color=colour, label=method, ms=4)
+            if entry["band"]:
+                ax.axhspan(*entry["band"], color=colour, alpha=0.15, lw=0)
+            bad = [p for p in pts if p["regression"]]
+            if bad:
+                ax.plot([p["x"] for p in bad], [p["value"] for p in bad], "x", color="red", ms=10, mew=2,
+                        label=None if marked else "regression")
+                marked = True
+        commits = panel["commits"]
+        ax.set_xticks(range(len(commits)), commits, rotation=45, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, max(len(commits) - 0.5, 0.5))
+        ax.set_xlabel("commit (oldest left)")
+        ax.set_ylabel(f"final average {metric_title(panel['metric'])} (%)")
+        ax.set_title(f"{panel['sequence']}: final {metric_title(panel['metric'])} across commits "
+                     "(band: tolerance)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(path))

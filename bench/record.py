@@ -102,6 +102,9 @@ class RunRecord(_Model):
     cumulative: dict[str, list[dict[str, Cell]]] = {}
     initial: dict[str, list[Cell]] = {}  # eval_future: metric -> each task's score before step 1 (the base alone)
     memory_classes: list[list[str]] = []  # per step: the classes the method's memory holds entries of (knn)
+    # per step, after its evaluation: what the memory's index is and did (knn; bench.memory.Memory.index_report:
+    # kind, lists, for knn.index=auto its trainings and the probes tuned per vocabulary with the recall measured)
+    memory_index: list[dict[str, Any]] = []
     intervals: dict[str, dict[str, list[float] | None]] = {}  # metric -> summary -> 95 % bootstrap [low, high]
     class_groups: dict[str, dict[str, list[str]]] = {}  # task -> group (LVIS rare / common / frequent) -> classes
     seed: int | None = None

@@ -25,16 +25,8 @@ from typing import Any, TextIO
 
 from bench.io import atomic_write_json
 from bench.record import load_record, load_reference
+from bench.tolerances import DEFAULT_TOLERANCES, tolerance_for
 
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "default": 0.5,
-    "matrix": 0.5,
-    "average_incremental": 0.5,
-    "final_average": 0.5,
-    "bwt": 1.0,
-    "forgetting": 1.0,
-    "mean_forgetting": 1.0,
-}
 # Summary values for which a higher number is worse.
 RISE_IS_WORSE = frozenset({"forgetting", "mean_forgetting"})
 REFERENCE_KEYS = ("record_version", "sequence", "method", "model", "tasks", "matrix", "summary", "config", "git_commit")
@@ -62,13 +54,6 @@ class Row:
     @property
     def failed(self) -> bool:
         return self.status in ("WORSE", "MISSING")
-
-
-def tolerance_for(tolerances: dict[str, Any], metric: str, kind: str) -> float:
-    for key in (f"{metric}.{kind}", kind, "default"):
-        if key in tolerances:
-            return float(tolerances[key])
-    return DEFAULT_TOLERANCES["default"]
 
 
 def _check(name: str, ref: Any, cur: Any, tol: float, rise_is_worse: bool) -> Row | None:
@@ -149,6 +134,22 @@ def format_rows(rows: list[Row]) -> str:
                                enumerate(zip(line, widths))).rstrip() for line in table)
 
 
+def summary_markdown(record: dict[str, Any], rows: list[Row], reference_path: str | Path) -> str:
+    """The comparison as markdown for a CI job summary: the verdict, then the final averages and every value not
+    within tolerance."""
+    failed = sum(r.failed for r in rows)
+    better = sum(r.status == "better" for r in rows)
+    verdict = f"**FAIL**: {failed} worse beyond tolerance" if failed else "ok"
+    shown = [r for r in rows if r.status != "ok" or r.metric.endswith(" final_average")]
+    lines = [f"### {record['sequence']} · {record['method']}: {verdict}", "",
+             f"{len(rows)} values compared with `{reference_path}`; {failed} worse, {better} better beyond "
+             "tolerance.", "", "| value | reference | current | delta | tolerance | status |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.metric} | {_num(r.reference)} | {_num(r.current)} | {_num(r.delta, signed=True)} | "
+              f"{r.tolerance:.2f} | {r.status} |" for r in shown]
+    return "\n".join(lines) + "\n\n"
+
+
 def _notes(record: dict[str, Any], reference: dict[str, Any]) -> list[str]:
     notes = []
     ref_model, cur_model = reference.get("model") or {}, record.get("model") or {}
@@ -166,9 +167,12 @@ def _notes(record: dict[str, Any], reference: dict[str, Any]) -> list[str]:
 
 
 def regress_main(reference_path: str | Path, run_dir_or_record: str | Path,
-                 tolerances: dict[str, Any] | None = None, out: TextIO | None = None) -> int:
+                 tolerances: dict[str, Any] | None = None, out: TextIO | None = None,
+                 history_out: str | Path | None = None, summary_out: str | Path | None = None) -> int:
     """Print the diff table; return 0 when nothing got worse beyond tolerance, 1 when something did, 2 when
-    the files cannot be read or are not runs of the same sequence, method and tasks."""
+    the files cannot be read or are not runs of the same sequence, method and tasks. With ``history_out``, the
+    run's history line (:mod:`bench.history`, source ``ci``, status ``regression`` exactly when this fails) is
+    appended to that file; with ``summary_out`` (a CI job summary) the markdown of :func:`summary_markdown`."""
     out = out or sys.stdout
     try:
         reference = load_reference(reference_path)
@@ -190,6 +194,17 @@ def regress_main(reference_path: str | Path, run_dir_or_record: str | Path,
     if not rows:
         print("error: the reference holds no values to compare", file=sys.stderr)
         return 2
+    if history_out is not None:
+        from bench.history import append_history, ci_status, history_line, now_iso
+
+        data = record.to_json()
+        append_history(history_out, history_line(
+            data, commit=data.get("git_commit") or "unknown", date=now_iso(), source="ci", status=ci_status(rows),
+            path=str(run_dir_or_record), tolerances={**(reference.get("tolerances") or {}), **(tolerances or {})}))
+        print(f"history line ({ci_status(rows)}) appended to {history_out}", file=out)
+    if summary_out is not None:
+        with open(summary_out, "a") as f:  # the CI runner's summary file: appended to, as it expects
+            f.write(summary_markdown(record, rows, reference_path))
     return 1 if failed else 0
 
 

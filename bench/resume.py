@@ -103,6 +103,7 @@ def cut(record: RunRecord, steps: int, resummarize: Callable[[RunRecord], None])
     record.per_class_iou = record.per_class_iou[:steps]
     record.state_size = record.state_size[:steps]
     record.memory_classes = record.memory_classes[:steps]
+    record.memory_index = record.memory_index[:steps]
     record.cumulative = {metric: rows[:steps] for metric, rows in record.cumulative.items()}
     record.intervals = {}  # of the last step; the next finished step computes them again
     record.timings["steps"] = [s for s in record.timings.get("steps", []) if s.get("step", 0) <= steps]

@@ -121,6 +121,10 @@ def _trainer(cfg: RunConfig, max_epochs: int = 1, checkpoint_dir: Path | None = 
         callbacks.append(_checkpoint(checkpoint_dir))
     where = placement(cfg)
     ddp = where.world > 1
+    if cfg.progress and not ddp:  # one bar per adapt / eval dataloader, in images (images/s, ETA)
+        from bench.loggers import progress_bar
+
+        callbacks.append(progress_bar())
     # Deterministic algorithms on the CPU (records are reproducible bit for bit); on GPUs an operation without a
     # deterministic CUDA kernel warns instead of stopping the run (records agree within the gpu-check tolerance).
     return L.Trainer(accelerator=where.accelerator, devices=where.devices, num_nodes=where.num_nodes,
@@ -300,6 +304,7 @@ def _step(ctx: RunContext, method: Method, module: Any, t: int, record: RunRecor
     timing.update(evaluate_step(ctx, module, t, record))
     timing["eval_s"] = round(time.perf_counter() - tick, 3)
     record.memory_classes.append(method.memory_classes(ctx))
+    record.memory_index.append(method.index_report(ctx))
     record.timings["steps"].append(timing)
     record.steps_done = t + 1
     _resummarize(record)

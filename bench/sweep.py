@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,13 @@ class GridResult:
                 "high": float(np.quantile(diffs, 0.975)), "p_not_better": float((diffs <= 0).mean())}
 
 
-def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: Any, spec: Any,
-                  anchor_row: Sequence[float | None] | None = None) -> GridResult:
-    """Re-score the final evaluation of the finished knn run in ``run_folder`` (config ``cfg``, sequence
-    ``spec``) under each fusion point. With ``anchor_row`` (the run's recorded final mIoU row), the point equal
-    to the run's own setting must reproduce it, else ``RuntimeError``."""
+def score_final(run_folder: str | Path, cfg: Any, spec: Any, make_heads: Callable[[Any], Sequence[Any]],
+                what: str) -> list[list[np.ndarray]]:
+    """The final evaluation of the finished knn run in ``run_folder`` (config ``cfg``, sequence ``spec``: every
+    task with the final memory), scored by each head ``make_heads`` derives from the run's own
+    :class:`bench.heads.KnnHead` (other fusion settings, another memory). Features, proposals and targets are
+    computed once per image and shared by the heads. Returns per head, per task, one int64 confusion matrix per
+    image (``N_j×C_j×(C_j+1)``); ``what`` names the heads in the progress lines."""
     from bench.config import base_from_config, proposer_from_config, task_inference
     from bench.inference import background_class, background_fallback, semantic_from_proposals
     from bench.methods import RunContext, get_method
@@ -113,32 +115,44 @@ def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: An
     head = method.head.eval()
     head.begin([t.vocabulary for t in spec.tasks])
     dm.set_step(last - 1)
-    heads = [head.with_settings(dataclasses.replace(cfg.knn, threshold=p.threshold, lam=p.lam,
-                                                    temperature=p.temperature)) for p in points]
-    per_image: list[list[list[np.ndarray]]] = [[[] for _ in spec.tasks] for _ in points]
+    heads = list(make_heads(head))
+    per_image: list[list[list[np.ndarray]]] = [[[] for _ in spec.tasks] for _ in heads]
     start = time.perf_counter()
     with torch.inference_mode():
         for j, loader in enumerate(dm.test_dataloader()):
-            print(f"  scoring {spec.tasks[j].name!r} under {len(points)} settings "
+            print(f"  scoring {spec.tasks[j].name!r} under {len(heads)} {what} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             num_classes = len(spec.tasks[j].vocabulary)
             threshold = cfg.text.background_threshold  # the run's fallback, as test_step applies it
             background = background_class(spec.tasks[j].vocabulary.classes, threshold, f"task {spec.tasks[j].name!r}")
-            # Features, proposals and targets once per image, held in memory; only the head's settings vary.
+            # Features, proposals and targets once per image, held in memory; only the head varies.
             images = []
             for batch in loader:
                 protocol = task_inference(cfg, spec.tasks[j])
                 base_feats, memory_feats = eval_features(base, head.embedder, batch, protocol)  # as test_step does
                 images += [(proposer(sample).to(base_feats[i].device), base_feats[i], memory_feats[i],
                             sample["semantic"]) for i, sample in enumerate(batch)]
-            for p, point_head in enumerate(heads):
+            for p, variant in enumerate(heads):
                 for label_map, base_f, memory_f, target in images:
-                    probs = background_fallback(point_head(label_map, base_f, memory_f, j), background, threshold)
+                    probs = background_fallback(variant(label_map, base_f, memory_f, j), background, threshold)
                     pred = semantic_from_proposals(label_map, probs)
                     cm = confusion_matrix(pred, target, num_classes, IGNORE_INDEX)
                     per_image[p][j].append(cm.numpy().astype(np.int64))
-    result = GridResult(list(points), [t.name for t in spec.tasks],
-                        [[np.stack(cms) for cms in by_task] for by_task in per_image])
+    return [[np.stack(cms) for cms in by_task] for by_task in per_image]
+
+
+def evaluate_grid(run_folder: str | Path, points: Sequence[FusionPoint], cfg: Any, spec: Any,
+                  anchor_row: Sequence[float | None] | None = None) -> GridResult:
+    """Re-score the final evaluation of the finished knn run in ``run_folder`` (config ``cfg``, sequence
+    ``spec``) under each fusion point. With ``anchor_row`` (the run's recorded final mIoU row), the point equal
+    to the run's own setting must reproduce it, else ``RuntimeError``."""
+
+    def heads(head: Any) -> list[Any]:
+        return [head.with_settings(dataclasses.replace(cfg.knn, threshold=p.threshold, lam=p.lam,
+                                                       temperature=p.temperature)) for p in points]
+
+    per_image = score_final(run_folder, cfg, spec, heads, "settings")
+    result = GridResult(list(points), [t.name for t in spec.tasks], per_image)
     if anchor_row is not None:
         own = FusionPoint(cfg.knn.threshold, cfg.knn.lam, cfg.knn.temperature)
         if own not in points:

@@ -58,8 +58,9 @@ TARGETS: dict[str, tuple[str, ...] | None] = {
     "bench/metrics/*.py": None,  # mIoU and PQ: pure functions and their Metric shells
     "bench/fusion.py": None,  # retrieval distribution and its fusion with the base model's
     # the search path only: index kinds, training and persistence are what perf and test_memory_kinds cover
-    "bench/memory/store.py": ("Memory.search", "Memory._params", "Memory._search_gpu", "Memory._selector",
+    "bench/memory/store.py": ("Memory.search", "Memory.search_params", "Memory._search_gpu", "Memory._selector",
                               "Memory.label_codes"),
+    "bench/memory/gpu.py": ("search",),  # restricted search on a GPU index (run on the CPU index in tests)
     "bench/module.py": None,  # evaluation wiring: features, proposals, head, metrics
     "bench/heads/*.py": None,  # zero-shot, kNN and adapter heads
     "bench/methods/knn.py": ("MemoryWriter.__init__", "MemoryWriter.predict_step", "MemoryWriter._add",

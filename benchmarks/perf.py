@@ -12,6 +12,9 @@ Headline keys (null where a quick run does not measure them):
 - ``retrieval_fraction_1m``: (retrieval + fusion) / the whole per-image evaluate time, open_clip ViT-B-16 base and
   DINOv2 ViT-S/14 memory embedder at 224 (random weights), 1M-entry memory in ``DEFAULT_INDEX``, this CPU.
 - ``recall_at_16_1m``: that index's recall@16 against exact search, restricted to a vocabulary as evaluation is.
+- ``recall_at_16_by_size`` / ``ms_per_image_by_size``: ``{dim: {entries: value}}`` for the default index grown
+  through ``AUTO_SIZES`` (1k to 1M entries, d = 384 and 768; a quick run: to 100k at d = 384). 10M entries do
+  not fit this machine (24 GiB: the embeddings alone are 15 GB at d = 384, and the index as much again).
 - ``bytes_per_entry``: ``COMPRESSED_INDEX`` (IVF-PQ, 64-byte codes) at 1M entries, d = 384: index and labels.
 - ``miou_loss_compressed``: the embedded sequence (synth), knn final-average mIoU with the flat fp32 memory minus
   with ``knn.index=ivf-pq`` (the same kind with its defaults, which suit that memory's ~2k entries). That memory
@@ -54,9 +57,10 @@ import torch  # noqa: E402
 
 from bench.io import atomic_write_json  # noqa: E402
 
-# The suite's default index (bench.config.KnnConfig): IVF over 4096 lists (found through an HNSW graph), 8 probed,
-# trained once 65,536 entries have arrived (exact before that).
-DEFAULT_INDEX = {"index": "ivf-flat", "nlist": 4096, "train_size": 65536, "nprobe": 8}
+# The suite's default index (bench.config.KnnConfig): auto (bench.memory.policy), measured as one memory grows
+# through AUTO_SIZES; the fixed IVF kind it replaced (4096 lists, 8 probed, trained at 65,536) is in the tables.
+DEFAULT_INDEX = {"index": "auto", "target_recall": 0.95}
+AUTO_SIZES = [1_000, 10_000, 100_000, 300_000, 1_000_000]
 # The compact one: the same lists holding 64-byte product-quantised codes.
 COMPRESSED_INDEX = {"index": "ivf-pq", "nlist": 4096, "train_size": 65536, "nprobe": 8}
 # The embedded sequence (1854 entries, 64-d): exact flat, and each kind trained on the first 1024 entries (16 lists,
@@ -83,27 +87,30 @@ def _row(rows: list[dict[str, Any]], dim: int, n: int, kind: str) -> dict[str, A
     return next((r for r in rows if (r["dim"], r["n"], r.get("kind")) == (dim, n, kind)), None)
 
 
-def _at(row: dict[str, Any] | None, key: str, value: int) -> dict[str, Any] | None:
-    return None if row is None else next((p for p in row["sweep"] if p.get(key) == value), None)
-
-
 def memory_and_pipeline(sizes: list[int], dims: tuple[int, ...], quick: bool, images: int, batch: int
                         ) -> dict[str, Any]:
-    """Tables at both dims; between them, the pipeline timed with the largest d=384 memory in DEFAULT_INDEX."""
+    """Tables at both dims, the default index grown through the sizes at both dims; between them, the pipeline
+    timed with the largest d=384 memory in DEFAULT_INDEX."""
     syn = perf_memory.Synthetic()
     largest = max(sizes)
-    keep = ("ivf-flat", largest, {"nprobe": DEFAULT_INDEX["nprobe"]})
-    rows, pipeline = [], {}
+    auto_sizes = [n for n in AUTO_SIZES if n <= largest]
+    rows, auto, pipeline = [], [], {}
     for dim in dims:
         tick = time.perf_counter()
-        part, memory = perf_memory.table(sizes, dim, syn, quick, keep=keep if dim == 384 else None, log=log)
-        rows += part
+        data = perf_memory.embeddings(largest, dim, syn)
+        rows += perf_memory.table(sizes, dim, syn, quick, log=log, data=data)[0]
         log(f"d={dim}: tables in {time.perf_counter() - tick:.0f}s")
-        if memory is not None:
+        tick = time.perf_counter()
+        part, memory = perf_memory.auto_rows(auto_sizes, dim, syn, *data, perf_memory.recall_queries(dim, syn), log=log)
+        auto += part
+        log(f"d={dim}: default index grown to {largest} in {time.perf_counter() - tick:.0f}s")
+        del data
+        if dim != 384:
+            del memory
+        else:
             tick = time.perf_counter()
             module = perf_pipeline.build_model(memory)
-            pipeline["memory"] = {"entries": len(memory), "dim": memory.dim, "index": memory.spec.structure(),
-                                  "nprobe": memory.spec.nprobe, "resolved": memory.resolved,
+            pipeline["memory"] = {"entries": len(memory), "dim": memory.dim, "index": memory.index_report(),
                                   "vocabulary_classes": syn.vocabulary, "memory_classes": syn.classes}
             pipeline["threads"] = {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()}
             pipeline["predict"] = perf_pipeline.predict_timing(module, syn.allowed(), images, batch, log=log)
@@ -112,7 +119,7 @@ def memory_and_pipeline(sizes: list[int], dims: tuple[int, ...], quick: bool, im
             pipeline["adapt_in_process"] = perf_pipeline.adapt_timing(module, images, batch, log=log)
             del module, memory
             log(f"pipeline in {time.perf_counter() - tick:.0f}s")
-    return {"rows": rows, "pipeline": pipeline, "synthetic": syn.__dict__}
+    return {"rows": rows, "auto": auto, "pipeline": pipeline, "synthetic": syn.__dict__}
 
 
 def miou_runs(log_dir: Path, names: list[str]) -> dict[str, Any]:
@@ -156,16 +163,27 @@ def pq_speedup(rerun: bool) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def by_size(auto: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    """``{dim: {entries: value}}`` of the default index's rows (JSON keys are strings)."""
+    out: dict[str, dict[str, float]] = {}
+    for row in auto:
+        out.setdefault(str(row["dim"]), {})[str(row["n"])] = row[key]
+    return out
+
+
 def headline(result: dict[str, Any], largest: int) -> dict[str, Any]:
     rows, pipeline = result["memory"]["rows"], result["memory"]["pipeline"]
-    default = _at(_row(rows, 384, largest, "ivf-flat"), "nprobe", DEFAULT_INDEX["nprobe"])
+    auto = result["memory"]["auto"]
+    default = next(r for r in auto if (r["dim"], r["n"]) == (384, largest))
     compressed = _row(rows, 384, largest, "ivf-pq")
     miou, pq = result.get("miou"), result.get("pq_speed")
     suffix = "1m" if largest >= 1_000_000 else f"{largest // 1000}k"
     return {
         f"retrieval_fraction_{suffix}": pipeline["predict"]["retrieval_fraction"],
         f"retrieval_fraction_of_forward_{suffix}": pipeline["predict"]["retrieval_fraction_of_forward"],
-        f"recall_at_16_{suffix}": default and default["recall_at_16"],
+        f"recall_at_16_{suffix}": default["recall_at_16"],
+        "recall_at_16_by_size": by_size(auto, "recall_at_16"),
+        "ms_per_image_by_size": by_size(auto, "ms_per_image"),
         "bytes_per_entry": compressed and compressed["bytes_per_entry"],
         "miou_loss_compressed": miou and miou["loss"],
         "adapt_overhead_fraction": pipeline["adapt_in_process"]["adapt_overhead_fraction"],

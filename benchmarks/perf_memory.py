@@ -69,6 +69,16 @@ def clustered(n: int, dim: int, syn: Synthetic, seed: int, only_vocabulary: bool
     return out, which
 
 
+def embeddings(n: int, dim: int, syn: Synthetic) -> tuple[np.ndarray, np.ndarray]:
+    """The memory's embeddings and their cluster ids (the same for the tables and the auto rows)."""
+    return clustered(n, dim, syn, seed=syn.seed + 1)
+
+
+def recall_queries(dim: int, syn: Synthetic) -> np.ndarray:
+    """The queries recall and latency are measured on: from clusters of the evaluated vocabulary."""
+    return clustered(RECALL_QUERIES, dim, syn, seed=syn.seed + 2, only_vocabulary=True)[0]
+
+
 def exact_top_k(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 131072) -> np.ndarray:
     """int64 ``Q×k`` ids of the k largest inner products (unordered within the k), by chunks of the base."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
@@ -177,17 +187,49 @@ def measure(case: Case, memory: Memory, queries: np.ndarray, truth: np.ndarray, 
     return row
 
 
+def auto_rows(sizes: list[int], dim: int, syn: Synthetic, x: np.ndarray, which: np.ndarray, queries: np.ndarray,
+              log: Any = print, chunk: int = 65536) -> tuple[list[dict[str, Any]], Memory]:
+    """The default index (``auto``) as a run fills it: one memory grown through ``sizes`` in chunks, as adapt adds
+    them, measured at each size (restricted recall@16 against exact search, latency per image, what the index
+    did). Returns the rows and the memory at the largest size."""
+    memory = Memory(dim, "synthetic", IndexSpec("auto"))
+    names = np.array(syn.names(), dtype=object)[which % syn.classes].tolist()
+    allowed, in_vocabulary = syn.allowed(), which % syn.classes < syn.vocabulary
+    rows, done, build_s = [], 0, 0.0
+    for n in sizes:
+        tick = time.perf_counter()
+        for i in range(done, n, chunk):
+            memory.add(x[i:min(n, i + chunk)], names[i:min(n, i + chunk)])
+        build_s, done = build_s + time.perf_counter() - tick, n
+        subset = np.flatnonzero(in_vocabulary[:n])
+        truth = subset[exact_top_k(queries, x[subset], K)]
+        tick = time.perf_counter()
+        memory.search(queries[:QUERIES_PER_IMAGE], K, allowed=allowed)  # tunes the probes for this vocabulary
+        first_ms = 1000 * (time.perf_counter() - tick)
+        ms, timed = latency_ms(memory, queries, allowed)
+        found = memory.search(queries, K, allowed=allowed)[1]
+        row = {"dim": dim, "n": n, "recall_at_16": round(recall(found, truth), 4), "recall_queries": len(queries),
+               "ms_per_image": round(ms, 3), "queries_timed": timed, "first_search_ms": round(first_ms, 1),
+               "build_s_so_far": round(build_s, 1), "bytes_per_entry": round(memory.bytes_per_entry(), 2),
+               "index": memory.index_report()}
+        rows.append(row)
+        log(f"  d={dim} N={n} auto ({row['index']['phase']}): recall {row['recall_at_16']:.3f} at "
+            f"{ms:.1f} ms/image, built {build_s:.0f}s so far")
+    return rows, memory
+
+
 def table(sizes: list[int], dim: int, syn: Synthetic, quick: bool, exhaustive_cut: int = 1_000_000,
-          keep: tuple[str, int, dict[str, Any]] | None = None, log: Any = print
-          ) -> tuple[list[dict[str, Any]], Memory | None]:
+          keep: tuple[str, int, dict[str, Any]] | None = None, log: Any = print,
+          data: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict[str, Any]], Memory | None]:
     """Rows for every (size, case) at one dim. ``keep = (case name, size, search params)``: that memory is
-    returned (set to those params) instead of freed, for the pipeline timing."""
+    returned (set to those params) instead of freed, for the pipeline timing. ``data``: the embeddings and their
+    clusters (:func:`embeddings`), else made here."""
     tick = time.perf_counter()
-    x, which = clustered(max(sizes), dim, syn, seed=syn.seed + 1)
+    x, which = data if data is not None else embeddings(max(sizes), dim, syn)
     names_of = np.array(syn.names(), dtype=object)
     names = names_of[which % syn.classes].tolist()
-    queries, _ = clustered(RECALL_QUERIES, dim, syn, seed=syn.seed + 2, only_vocabulary=True)
-    log(f"  d={dim}: {max(sizes)} embeddings generated in {time.perf_counter() - tick:.1f}s")
+    queries = recall_queries(dim, syn)
+    log(f"  d={dim}: {max(sizes)} embeddings ready in {time.perf_counter() - tick:.1f}s")
     allowed = syn.allowed()
     in_vocabulary = which % syn.classes < syn.vocabulary
     rows, kept = [], None

@@ -17,6 +17,10 @@ Run: ``.venv/bin/python benchmarks/readers.py [--images 400] [--size 256] [--rep
    means no reader holds the split.
    ``split_tensor_mib`` is what holding every sample's tensors would take, for scale; a control pass that keeps
    every sample shows that the measurement sees such growth.
+   The ``hf`` reader is also run over the same parquet rows written in row groups of ``HF_ROW_GROUP`` rows, read
+   through a DataLoader with ``HF_WORKERS`` workers (batches of ``HF_ROW_GROUP``): there the RSS is that of the
+   main process and its worker processes together (``/proc``), sampled after every batch, and ``shards_per_worker``
+   counts the row groups each worker opened (every shard once, by one worker: no worker reads the whole stream).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ VOCAB_DIR = REPO / "tasks" / "vocab"
 SYNTH_VOCAB = "synth-park"
 SYNTH_SEED = 1
 LARGE_SPLIT = "train"
+HF_ROW_GROUP, HF_WORKERS = 4, 2
 
 # (label, format, dataset folder under the fixture root, vocabulary file, splits, reader options)
 FIXTURE_READERS: list[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] = [
@@ -74,6 +79,19 @@ def rss_mib() -> float:
     except (OSError, ValueError, IndexError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def tree_rss_mib(pid: int | None = None) -> float:
+    """Resident memory of a process and all its descendants (Linux ``/proc``; the DataLoader's workers)."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        total = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_rss_mib(int(child))
+    except (OSError, ValueError, IndexError):
+        return 0.0  # a worker that just exited
+    return total
 
 
 def sample_bytes(sample: dict[str, Any]) -> int:
@@ -137,12 +155,21 @@ def write_large_split(root: Path, n: int, size: int) -> dict[str, tuple[str, Pat
         s = reader[i]
         Image.fromarray((s["semantic"].numpy() + 1).astype(np.uint8)).save(labels / f"{s['meta']['file_id']}.png")
     write_coco_parquet(root, LARGE_SPLIT)
+    import pyarrow.parquet as pq
+
+    sharded = root / "hf_sharded" / LARGE_SPLIT
+    sharded.mkdir(parents=True)
+    table = pq.read_table(next((root / "coco_parquet" / LARGE_SPLIT).glob("*.parquet")))
+    pq.write_table(table, sharded / "part-0.parquet", row_group_size=HF_ROW_GROUP)
+    (root / "hf_sharded" / "categories.json").write_bytes((root / "coco_parquet" / "categories.json").read_bytes())
     return {
         "coco_panoptic": ("coco_panoptic", coco, {}),
         "label_map": ("label_map", root, {"image_dir": "coco/{split}", "label_dir": "labels/{split}",
                                           "image_ext": ".png", "label_ext": ".png", "offset": 1,
                                           "ignore_values": []}),
         "hf_parquet": ("hf_parquet", root / "coco_parquet", {}),
+        f"hf, {HF_WORKERS} loader workers": ("hf", root / "hf_sharded", {
+            "data_files": "{split}/*.parquet", "categories": "categories.json", "columns": {"panoptic": "panoptic"}}),
     }
 
 
@@ -153,6 +180,8 @@ def stream_worker(spec: dict[str, Any]) -> dict[str, Any]:
     ``spec["hold"]``: keep every sample (the control: what a reader holding the split would show).
     """
     torch.set_num_threads(1)
+    if spec["format"] == "hf":
+        return loader_stream_worker(spec)
     rss_start = rss_mib()
     start = time.perf_counter()
     reader = get_reader(spec["format"])(root=Path(spec["root"]), split=LARGE_SPLIT, vocabulary=vocab(SYNTH_VOCAB),
@@ -178,6 +207,60 @@ def stream_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": round((n - 1) / elapsed, 2) if n > 1 else None,
             "rss_after_build_and_first_sample_mib": round(base - rss_start, 2),
             "peak_rss_growth_mib": growth, "split_tensor_mib": round(total / 2**20, 2)}
+
+
+def loader_stream_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`stream_worker`, through a DataLoader with ``HF_WORKERS`` forked workers; RSS of the process tree."""
+    from unittest import mock
+
+    from datamodules.hf_rows import ShardedStream
+
+    reader = get_reader(spec["format"])(root=Path(spec["root"]), split=LARGE_SPLIT, vocabulary=vocab(SYNTH_VOCAB),
+                                        **spec["options"])
+    n = len(reader)
+    log = Path(spec["root"]) / "opened"
+    log.mkdir(exist_ok=True)
+    real_open = ShardedStream._open
+
+    def logged_open(self: ShardedStream, shard: int, offset: int) -> None:  # which worker opens which shard
+        with (log / str(os.getpid())).open("a") as f:
+            f.write(f"{shard}\n")
+        real_open(self, shard, offset)
+
+    loader = torch.utils.data.DataLoader(reader, batch_size=HF_ROW_GROUP, num_workers=HF_WORKERS,
+                                         collate_fn=list, multiprocessing_context="fork")
+    checkpoints = {max(1, n // 4): "quarter", max(1, n // 2): "half", n: "all"}
+    growth: dict[str, float] = {}
+    read, total, base, peak = 0, 0, None, 0.0
+    peaks: dict[str, float] = {}
+    with mock.patch.object(ShardedStream, "_open", logged_open):
+        start = time.perf_counter()
+        for batch in loader:
+            read += len(batch)
+            total += sum(sample_bytes(s) for s in batch)
+            rss = tree_rss_mib()
+            if base is None:  # after the workers started and the first batch came back
+                base = peak = rss
+                start = time.perf_counter()
+                first = read
+                continue
+            peak = max(peak, rss)
+            for at, label in checkpoints.items():
+                if read >= at and label not in growth:
+                    growth[label] = round(peak - base, 2)
+                    peaks[label] = peak
+        elapsed = time.perf_counter() - start
+    opened = [[int(x) for x in f.read_text().split()] for f in sorted(log.iterdir())]
+    every = sorted(s for shards in opened for s in shards)
+    return {"samples": read, "loader_workers": HF_WORKERS, "batch_size": HF_ROW_GROUP,
+            "samples_per_s": round((read - first) / elapsed, 2) if read > first else None,
+            "rss_tree_after_first_batch_mib": round(base or 0.0, 2), "peak_rss_growth_mib": growth,
+            # the workers' one-off warm-up (allocator arenas, caches) falls in the first half; growth with the
+            # samples read would show here
+            "peak_rss_growth_second_half_mib": round(peaks.get("all", 0.0) - peaks.get("half", 0.0), 2),
+            "split_tensor_mib": round(total / 2**20, 2), "shards": len(reader.rows.shard_rows),
+            "shards_per_worker": [len(o) for o in opened],
+            "every_shard_opened_once": every == list(range(len(reader.rows.shard_rows)))}
 
 
 def stream_memory(root: Path, n: int, size: int) -> dict[str, Any]:

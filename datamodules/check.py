@@ -17,7 +17,7 @@ from datamodules.contract import DataError
 from datamodules.labelmaps import LayoutEntry
 from datamodules.paths import expand_root
 from datamodules.registry import Reader, get_reader
-from datamodules.sequence import ReaderKey, SequenceSpec, SplitSpec, TaskDataset, TaskSpec
+from datamodules.sequence import ReaderKey, SequenceSpec, SplitSpec, TaskDataset, TaskSpec, open_reader
 
 
 @dataclass
@@ -29,6 +29,8 @@ class SplitReport:
     samples: int | None = None  # None: not counted (something missing, or counting disabled)
     error: str | None = None
     note: str | None = None
+    layout: str | None = None  # which of the reader's layouts is on disk (a reader may accept several)
+    notes: list[str] = field(default_factory=list)  # what the reader found worth saying (e.g. unmatched names)
 
     @property
     def ok(self) -> bool:
@@ -60,9 +62,13 @@ def _check_split(task: TaskSpec, role: str, split: SplitSpec, data_root: str | P
     root = expand_root(task.root, data_root)
     for e in layout(root, split.split, task.reader_vocabulary, **task.options):
         (report.present if e.exists() else report.missing).append(e)
+    found = getattr(reader_cls, "layout_found", None)
+    report.layout = found(root, split.split, task.reader_vocabulary, **task.options) if found else \
+        f"the {task.format} layout"
     if count and not report.missing:
         try:
             report.samples = open_first_sample(task, split, data_root, readers)
+            report.notes = list(getattr(open_reader(task, split, data_root, readers), "check_notes", ()))
         except (DataError, TypeError, OSError) as e:
             report.error = str(e)
     return report
@@ -125,13 +131,14 @@ def format_check(reports: list[TaskReport], spec: SequenceSpec | None = None) ->
             lines.append(f"    error: {r.error}")
         for s in r.splits:
             count = f", {s.samples} samples" if s.samples is not None else ""
-            lines.append(f"    {s.role} split {s.split!r}{count}")
+            lines.append(f"    {s.role} split {s.split!r}{count}" + (f", layout: {s.layout}" if s.layout else ""))
             lines += [f"      found   {e.path}  ({e.what})" for e in s.present]
             lines += [f"      MISSING {e.path}  ({e.what})" for e in s.missing]
             if s.error:
                 lines.append(f"      error: {s.error}")
             if s.note:
                 lines.append(f"      note: {s.note}")
+            lines += [f"      note: {n}" for n in s.notes]
     bad = sum(not r.ok for r in reports)
     lines.append(f"{len(reports) - bad}/{len(reports)} tasks ready" + (f"; {bad} need data or fixes" if bad else ""))
     return "\n".join(lines)

@@ -6,6 +6,10 @@ Layout under ``root`` (templates formatted with the split, defaults as in real C
     panoptic_{split}/                 panoptic PNGs; ``annotations[*].file_name``; id = R + 256·G + 256²·B
     annotations/panoptic_{split}.json images, annotations (segments_info) and categories
 
+The PNG folder is looked for where detectron2's preparation puts it (``panoptic_{split}/``, above), then where
+the official archive ``panoptic_annotations_trainval2017.zip`` unpacks it (``annotations/panoptic_{split}/``,
+next to the json); option ``panoptic_dir`` names it outright. ``bench data check`` says which one it found.
+
 Categories are matched to the task vocabulary by NAME, so one json serves every class subset of a dataset:
 segments of a category outside the vocabulary become ignore (-1) in ``semantic`` and are left out of the
 segment list.
@@ -41,6 +45,9 @@ from datamodules.vocabulary import Vocabulary
 SegmentsInfo = dict[int, tuple[int | None, bool]]
 
 PANOPTIC_PNG = "an RGB PNG with segment id = R + 256·G + 256²·B"
+# Where the panoptic PNG folder may be, in the order looked for: (template, layout in words).
+PANOPTIC_LAYOUTS = (("panoptic_{split}", "detectron2 layout (panoptic_{split}/ beside the images)"),
+                    ("annotations/panoptic_{split}", "official COCO layout (annotations/panoptic_{split}/)"))
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ class CocoPanopticReader(ListedReader):
     panoptic = True  # yields real instance/stuff segments, so PQ is scored on it
 
     def __init__(self, root: Path, split: str, vocabulary: Vocabulary, image_dir: str = "{split}",
-                 panoptic_dir: str = "panoptic_{split}", json: str = "annotations/panoptic_{split}.json",
+                 panoptic_dir: str | None = None, json: str = "annotations/panoptic_{split}.json",
                  limit: int | None = None) -> None:
         self.root, self.split, self.vocabulary = Path(root), split, vocabulary
         entries = self.expected_layout(self.root, split, vocabulary, image_dir=image_dir,
@@ -155,15 +162,34 @@ class CocoPanopticReader(ListedReader):
                         layout)
         self._records = index_entries(self.json_path, lambda: self._index(doc), "COCO panoptic annotations", limit)
 
+    @staticmethod
+    def find_panoptic_dir(root: Path, split: str, panoptic_dir: str | None = None) -> tuple[str, str]:
+        """(PNG folder template, which layout): the one given, else detectron2's if present, else the official
+        archive's if present, else detectron2's (reported missing)."""
+        if panoptic_dir is not None:
+            return panoptic_dir, f"PNG folder given by option 'panoptic_dir' ({panoptic_dir})"
+        for template, layout in PANOPTIC_LAYOUTS:
+            if (Path(root) / template.format(split=split)).is_dir():
+                return template, layout.format(split=split)
+        return PANOPTIC_LAYOUTS[0][0], "neither layout found"
+
+    @classmethod
+    def layout_found(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
+                     panoptic_dir: str | None = None, **_: Any) -> str:
+        return cls.find_panoptic_dir(root, split, panoptic_dir)[1]
+
     @classmethod
     def expected_layout(cls, root: Path, split: str, vocabulary: Vocabulary | None = None,
-                        image_dir: str = "{split}", panoptic_dir: str = "panoptic_{split}",
+                        image_dir: str = "{split}", panoptic_dir: str | None = None,
                         json: str = "annotations/panoptic_{split}.json", **_: Any) -> list[LayoutEntry]:
         """The image folder, the panoptic PNG folder and the json of ``split`` (templates formatted)."""
         root = Path(root)
+        template, _layout = cls.find_panoptic_dir(root, split, panoptic_dir)
+        other = "" if panoptic_dir is not None else \
+            f"; or {' or '.join(t.format(split=split) + '/' for t, _ in PANOPTIC_LAYOUTS if t != template)}"
         return [LayoutEntry(root / image_dir.format(split=split), "image folder"),
-                LayoutEntry(root / panoptic_dir.format(split=split),
-                            "panoptic PNG folder (id = R + 256·G + 256²·B)"),
+                LayoutEntry(root / template.format(split=split),
+                            f"panoptic PNG folder (id = R + 256·G + 256²·B{other})"),
                 LayoutEntry(root / json.format(split=split), "COCO panoptic json", kind="file")]
 
     def _index(self, doc: dict[str, Any]) -> list[_Record]:

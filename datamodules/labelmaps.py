@@ -75,14 +75,19 @@ def load_label_map(path: Path, what: str = "label map") -> np.ndarray:
     """An ``H×W`` int64 array of the raw label values of a single-channel 8- or 16-bit image."""
     if not path.is_file():
         raise DataError(f"{path}: {what} missing")
+    return decode_label_map(path, path, what)
+
+
+def decode_label_map(source: Path | BinaryIO, name: Path | str, what: str = "label map") -> np.ndarray:
+    """:func:`load_label_map` of a file or a byte stream; errors begin with ``name``."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             if im.mode not in LABEL_MODES:
-                raise DataError(f"{path}: {what} has mode {im.mode}; expected a single-channel 8- or 16-bit "
+                raise DataError(f"{name}: {what} has mode {im.mode}; expected a single-channel 8- or 16-bit "
                                 "image of class ids (mode L, P or I;16)")
             return np.asarray(im).astype(np.int64)
     except PIL_ERRORS as e:
-        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+        raise DataError(f"{name}: cannot decode {what} ({e})") from e
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -132,6 +137,18 @@ def value_lut(num_values: int, offset: int, ignore_values: Iterable[int], num_cl
         if 0 <= v < num_values:
             lut[v] = IGNORE_INDEX
     return lut
+
+
+def check_default_ignore(reader: str, ignore_values: Iterable[int], offset: int, vocabulary: Vocabulary,
+                         option: str = "ignore_values") -> None:
+    """A default ignore value that would name a class of ``vocabulary`` is refused (255 is a class of ADE-847)."""
+    shadowed = [v for v in ignore_values if 0 <= v - offset < len(vocabulary)]
+    if shadowed:
+        v = shadowed[0]
+        raise DataError(f"{reader}: label value {v} means ignore by default, but it is class {v - offset} "
+                        f"({vocabulary.classes[v - offset]!r}) of the {len(vocabulary)} classes of vocabulary "
+                        f"{vocabulary.name!r}; set option {option!r} to the values that mean ignore in your label "
+                        "maps ([] for none, [65535] for 16-bit maps)")
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
@@ -249,13 +266,8 @@ class LabelMapReader(ListedReader):
         self.root, self.split, self.vocabulary = Path(root), self.split_aliases.get(split, split), vocabulary
         self.offset, self.ignore_values = int(opts["offset"]), tuple(opts["ignore_values"])
         self.image_ext, self.label_ext = opts["image_ext"], opts["label_ext"]
-        shadowed = [v for v in self.ignore_values if 0 <= v - self.offset < len(vocabulary)]
-        if shadowed and "ignore_values" not in options:
-            v = shadowed[0]
-            raise DataError(f"{type(self).__name__}: label value {v} means ignore by default, but it is class "
-                            f"{v - self.offset} ({vocabulary.classes[v - self.offset]!r}) of the {len(vocabulary)} "
-                            f"classes of vocabulary {vocabulary.name!r}; set option 'ignore_values' to the values "
-                            "that mean ignore in your label maps ([] for none, [65535] for 16-bit maps)")
+        if "ignore_values" not in options:
+            check_default_ignore(type(self).__name__, self.ignore_values, self.offset, vocabulary)
         if self.expected_classes is not None and len(vocabulary) != self.expected_classes:
             raise DataError(f"{type(self).__name__}: vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; "
                             f"this format's labels index {self.expected_classes} classes in dataset order")

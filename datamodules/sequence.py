@@ -27,9 +27,10 @@ ids follow that order; pixels of every other class become ignore (-1) and their 
 the task's classes yields an all-ignore sample, which adds nothing to the memory or to the metrics).
 
 Formats: ``coco_panoptic``, ``synth``, ``ade20k``, ``ade20k_full``, ``pascal_context``, ``cityscapes``, ``lvis``,
-``hf_parquet`` and the generic ``label_map`` (images + single-channel label images paired by name); each reader's
-module docstring gives the layout it expects and its options. ``python -m bench data check SEQ=...`` reports
-what is present and missing for every task and reads the first sample of every split.
+``voc``, ``mapillary``, ``hf``, ``hf_parquet`` and the generic ``label_map`` (images + single-channel label images
+paired by name); each reader's module docstring gives the layout it expects and its options.
+``python -m bench data check SEQ=...`` reports what is present and missing for every task, the layout found, and
+reads the first sample of every split.
 
 No other field is accepted: a misspelt one (``clases:``) is an error with a suggestion, not a silent default,
 and every error names the file, the task and the field (:mod:`datamodules.sequence_schema`). A run's folder

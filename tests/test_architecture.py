@@ -125,7 +125,7 @@ def test_every_registry_lists_its_family():
     assert set(BASES.names()) == {"maskclip", "sclip", "clearclip", "naclip", "convnext"}
     assert set(EMBEDDERS.names()) == {"clip", "dinov2"}
     assert set(PROPOSERS.names()) == {"gt", "superpixel", "mask2former", "sam"}
-    assert set(INDEX_KINDS.names()) == {"flat", "flat-fp16", "ivf-flat", "ivf-pq", "hnsw"}
+    assert set(INDEX_KINDS.names()) == {"auto", "flat", "flat-fp16", "ivf-flat", "ivf-pq", "hnsw"}
     assert {"coco_panoptic", "ade20k", "lvis", "synth", "hf_parquet"} <= set(READERS.names())
     for registry in (METHODS, BASES, EMBEDDERS, PROPOSERS, INDEX_KINDS, READERS):
         assert all(entry.description for entry in registry.entries().values()), registry.family

@@ -153,10 +153,12 @@ def test_ade_50_50_three_steps_end_to_end(data: Path, tmp_path: Path, capsys: py
     table = format_cumulative(record)
     assert table in printed and table in (out / "table.txt").read_text()
     assert "3 ade-100-150" in table and "95 % interval after step 3 (mIoU)" in table
-    # the report shows it, and the classes with and without memory entries
-    md = Path(build_report([tmp_path], tmp_path / "report")["summary_md"]).read_text()
-    assert "| after step | mIoU old | mIoU new | mIoU all |" in md
-    assert "with memory entries" in md and "without memory entries" in md
+    # the run's report page shows it, and the classes with and without memory entries
+    report = tmp_path / "report"
+    build_report([tmp_path], report)
+    page = "\n".join(p.read_text() for p in report.glob("ade-50-50-knn-*.md"))
+    assert "| after step | mIoU old | mIoU new | mIoU all |" in page
+    assert "with memory entries" in page and "without memory entries" in page
 
 
 @pytest.mark.parametrize(("seq", "proposals", "steps"), [("ade-100-10", "superpixel", 3), ("coco-83-5", "gt", 2)])
@@ -233,8 +235,9 @@ tasks:
     assert rows["lvis-some", "common"]["mean_iou"] == pytest.approx(sum(common) / len(common))
     memory = set(record.memory_classes[-1])
     assert memory and rows["lvis-some", "with memory entries"]["classes"] == len(memory & set(ious))
-    md = Path(build_report([tmp_path / "runs"], tmp_path / "report")["summary_md"]).read_text()
-    assert "| lvis-some | rare | 1 / 1 |" in md and "| lvis-some | frequent |" in md
+    build_report([tmp_path / "runs"], tmp_path / "report")
+    page = "\n".join(p.read_text() for p in (tmp_path / "report").glob("*.md") if p.name != "summary.md")
+    assert "| lvis-some | rare | 1 / 1 |" in page and "| lvis-some | frequent |" in page
 
 
 def test_breakdowns_empty_for_records_without_them() -> None:

@@ -98,23 +98,34 @@ def test_config_stays_a_dataclass():
         dataclasses.replace(knn, lam=2.0)
 
 
-# Measured with the dataclass config before the checks were added: run folders and references are named by these.
+# Measured with the dataclass config before the checks were added, whose memory index was ivf-flat (4096 lists,
+# 8 probed, trained at 65,536): the runs and references named before the auto index are named by these.
 HASHES = {"default": "d9f6dd0d25", "synth:knn": "871cef69a5", "synth:zeroshot": "31b1ab2950",
           "synth-shift:knn": "6b5e279eb4", "synth-shift:zeroshot": "baadb3f868"}
+# With the auto index, the default since issue 18 (another index is another run, as another inference mode is).
+AUTO_HASHES = {"default": "b84bcad452", "synth:knn": "315d50966b", "synth:zeroshot": "1ba7820eeb",
+               "synth-shift:knn": "fa57f860d8", "synth-shift:zeroshot": "d8699b4f4a"}
 
 
-def test_config_hashes_are_unchanged():
-    """Keys added later (inference, text, precision, ...) at the values that do what the first runs did leave the
-    hash as it was; the default config now evaluates with sliding windows, which is another run."""
+@pytest.mark.parametrize(("hashes", "index"), [(HASHES, "ivf-flat"), (AUTO_HASHES, "auto")])
+def test_config_hashes_are_unchanged(hashes, index):
+    """Keys added later (inference, text, precision, the memory's target_recall, shard, on_disk, budget, ...) at
+    the values that do what the first runs did leave the hash as it was: with knn.index=ivf-flat every run is
+    named as before the auto index; the default config now evaluates with sliding windows, which is another run."""
     whole = RunConfig()
     whole.inference.mode = "whole"
-    assert config_hash(whole) == HASHES["default"] != config_hash(RunConfig())
+    whole.knn.index = index
+    assert config_hash(whole) == hashes["default"] != config_hash(RunConfig())
     whole.precision = "bf16-mixed"
-    assert config_hash(whole) != HASHES["default"]
-    for name, expected in HASHES.items():
+    assert config_hash(whole) != hashes["default"]
+    for name, expected in hashes.items():
         if name != "default":
             seq, method = name.split(":")
-            assert config_hash(build_config([f"SEQ={seq}", f"METHOD={method}"])[0]) == expected, name
+            cfg = build_config([f"SEQ={seq}", f"METHOD={method}", f"knn.index={index}"])[0]
+            assert config_hash(cfg) == expected, name
+    # where the memory lives never renames a run
+    cfg = build_config(["SEQ=synth", "METHOD=knn", "knn.shard=true", "knn.on_disk=true"])[0]
+    assert config_hash(cfg) == AUTO_HASHES["synth:knn"]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

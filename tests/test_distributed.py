@@ -40,8 +40,18 @@ def _run_subprocess(out: Path, *extra: str) -> dict:
 
 
 def _memory(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors and labels of a saved memory step; a sharded one (knn.shard, the default with several processes)
+    put back together by global id."""
     import faiss
 
+    if (path / "shards.json").exists():
+        shards = json.loads((path / "shards.json").read_text())["shards"]
+        parts = [(_memory(path / name), np.load(path / f"{name}.ids.npy")) for name in shards]
+        n = sum(len(ids) for _, ids in parts)
+        x, y = np.zeros((n, parts[0][0][0].shape[1]), np.float32), np.zeros(n, np.int64)
+        for (xs, ys), ids in parts:
+            x[ids], y[ids] = xs, ys
+        return x, y
     index = faiss.read_index(str(path / "index.faiss"))
     return index.reconstruct_n(0, index.ntotal), np.load(path / "labels.npy")
 
@@ -61,8 +71,8 @@ def test_two_process_ddp_run_writes_the_record_of_one_process(tmp_path: Path) ->
             assert two[key] == one[key], key
     assert [s["memory_added"] for s in two["timings"]["steps"]] == [s["memory_added"] for s in
                                                                     one["timings"]["steps"]]
-    # Every rank added every rank's segments in the one-process order: same labels, same vectors up to the
-    # rounding of a different batch composition in the embedder.
+    # Every rank added (its part of) every rank's segments in the one-process order: same labels, same vectors up
+    # to the rounding of a different batch composition in the embedder.
     (one_dir,) = (tmp_path / "one").glob("synth/knn/*")
     (two_dir,) = (tmp_path / "two").glob("synth/knn/*")
     for step in range(1, len(spec.tasks) + 1):

@@ -69,8 +69,8 @@ def test_scoring_future_tasks_changes_nothing_else(runs):
 def test_eval_future_false_keeps_the_run_name():
     """``eval_future`` came after the first runs were named: off, it leaves the hash (the run folder and the
     committed references' names) as it was (tests/test_config_validation.py HASHES); on, it is another run."""
-    off = build_config(["SEQ=synth", "METHOD=knn", "eval_future=false"])[0]
-    on = build_config(["SEQ=synth", "METHOD=knn", "eval_future=true"])[0]
+    off = build_config(["SEQ=synth", "METHOD=knn", "eval_future=false", "knn.index=ivf-flat"])[0]
+    on = build_config(["SEQ=synth", "METHOD=knn", "eval_future=true", "knn.index=ivf-flat"])[0]
     assert config_hash(off) == "871cef69a5" != config_hash(on)
 
 

@@ -192,3 +192,62 @@ def test_step_and_summary_scalars() -> None:
     summary = bl.summary_metrics(RECORD)
     assert summary["miou/final_average"] == pytest.approx(sum(MATRIX[2]) / 3)
     assert "miou/forgetting/city" not in summary and summary["time/adapt_s_total"] == 4.5
+
+
+def test_progress_bar_one_bar_per_dataloader_in_images(capsys: pytest.CaptureFixture[str]) -> None:
+    """Adapt: one bar named by the task, counted in images of the sampler (so images/s and a total for the ETA);
+    eval: one bar per dataloader; never Lightning's "Predicting: 0/?"."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.loggers import progress_bar
+
+    task = [SimpleNamespace(name=n) for n in ("park", "beach")]
+    dm = SimpleNamespace(tasks=task, step=1, evaluated=lambda: task)
+    loader = torch.utils.data.DataLoader(list(range(5)), batch_size=2, collate_fn=list)
+    trainer = SimpleNamespace(datamodule=dm, predict_dataloaders=loader, test_dataloaders=[loader, loader])
+    bar = progress_bar()
+    bar.on_predict_start(trainer, None)
+    for i, batch in enumerate(loader):
+        bar.on_predict_batch_start(trainer, None, batch, i)
+        bar.on_predict_batch_end(trainer, None, None, batch, i)
+    bar.on_predict_end(trainer, None)
+    bar.on_test_start(trainer, None)
+    for d in (0, 1):
+        for i, batch in enumerate(loader):
+            bar.on_test_batch_start(trainer, None, batch, i, d)
+            bar.on_test_batch_end(trainer, None, None, batch, i, d)
+    bar.on_test_end(trainer, None)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    finals = [line for line in err.splitlines() if "5/5" in line]
+    assert {line.split(":")[0] for line in finals} == {"adapt beach", "eval park", "eval beach"}
+    assert all("img/s" in line for line in finals) and "?" not in "".join(finals) and "Predicting" not in err
+
+
+def test_progress_bar_fine_tuning_epochs_have_no_empty_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """The baselines' fit: one bar redrawn per epoch, named ``fit: epoch n`` with its batch count, never the
+    "Training: 0/?" lines Lightning's bar prints before it knows the count."""
+    import lightning as L
+    import torch
+
+    from bench.loggers import progress_bar
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.zeros(6, 2), batch_size=2)
+    trainer = L.Trainer(max_epochs=2, callbacks=[progress_bar()], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), loader)
+    out = capsys.readouterr().out.replace("\r", "\n")
+    assert "fit: epoch 0" in out and "fit: epoch 1" in out and "3/3" in out
+    assert "0/?" not in out and "Training" not in out

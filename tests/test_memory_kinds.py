@@ -209,9 +209,11 @@ def test_gpu_without_gpu_faiss_is_a_clear_error():
 def test_knn_config_maps_to_index_spec():
     spec = IndexSpec.from_config(KnnConfig(index="ivf-pq", pq_m=32, nprobe=4, nlist=64, train_size=2048, k=4))
     assert spec == IndexSpec("ivf-pq", pq_m=32, nprobe=4, nlist=64, train_size=2048)
-    # A run's default: exact until 65,536 entries, then 4096 IVF lists with 8 probed (the memory's own default,
-    # for direct use, is the plain exact index).
-    assert IndexSpec.from_config(KnnConfig()) == IndexSpec("ivf-flat", nlist=4096, train_size=65536, nprobe=8)
+    # A run's default: the auto kind (bench.memory.policy); a fixed IVF kind chosen by name gets 4096 lists, 8
+    # probed, trained at 65,536 entries (the memory's own default, for direct use, is the plain exact index).
+    assert IndexSpec.from_config(KnnConfig()) == IndexSpec("auto", nlist=4096, train_size=65536, nprobe=8)
+    assert IndexSpec.from_config(KnnConfig(index="ivf-flat")) == IndexSpec("ivf-flat", nlist=4096,
+                                                                           train_size=65536, nprobe=8)
     assert IndexSpec() == IndexSpec("flat")
 
 

@@ -531,15 +531,15 @@ def test_a_memory_on_cpu_never_takes_the_gpu_path(monkeypatch):
 
 
 def test_flat_memory_searches_with_plain_parameters():
-    """Kills Memory._params: ``self.trained and self.spec.kind == "hnsw"`` → ``or`` (a flat memory would be given
+    """Kills Memory.search_params: ``self.trained and self.spec.kind == "hnsw"`` → ``or`` (a flat memory would be given
     HNSW parameters)."""
     import faiss
 
-    assert type(_line_memory()._params(None)) is faiss.SearchParameters
+    assert type(_line_memory().search_params(None)) is faiss.SearchParameters
 
 
 def test_ivf_with_a_graph_quantizer_passes_its_search_breadth():
-    """Kills Memory._params' graph branch: ``self.resolved.get("nlist", 0)`` → ``get(None, 0)``, "XXnlistXX",
+    """Kills Memory.search_params' graph branch: ``self.resolved.get("nlist", 0)`` → ``get(None, 0)``, "XXnlistXX",
     "NLIST"; ``>= HNSW_QUANTIZER_FROM`` → ``>`` (at exactly that many lists); ``graph`` → None; and
     ``efSearch=max(64, 2 * nprobe)`` → ``max(65, ...)``, ``2 / nprobe``, ``3 * nprobe``."""
     import dataclasses
@@ -555,7 +555,7 @@ def test_ivf_with_a_graph_quantizer_passes_its_search_breadth():
     assert memory.trained and memory.resolved["nlist"] == HNSW_QUANTIZER_FROM
     for nprobe, ef in ((8, 64), (40, 80)):
         memory.spec = dataclasses.replace(memory.spec, nprobe=nprobe)
-        params = memory._params(None)
+        params = memory.search_params(None)
         assert isinstance(params, faiss.SearchParametersIVF) and params.nprobe == nprobe
         graph = params.referenced_graph_params  # FAISS hands quantizer_params back as its base class
         assert isinstance(graph, faiss.SearchParametersHNSW) and graph.efSearch == ef

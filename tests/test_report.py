@@ -113,24 +113,30 @@ def test_csv_holds_the_records_summaries(report):
 def test_markdown_tables_match_records_and_link_existing_pngs(report):
     _, out = report
     md = (out / "summary.md").read_text()
-    by_method = {row[0]: row for row in _md_rows(md, "### mIoU")}
+    by_method = {row[0]: row for row in _md_rows(md, "## synth")}
+    assert list(by_method) == ["zeroshot", "knn"]  # the comparison's order
     for record in (KNN, ZEROSHOT):
         row = by_method[record["method"]]
         s = record["summary"]["miou"]
-        assert row[1] == "tiny-random (random-init)"
-        assert row[4:8] == [f"{s[k]:.1f}".replace("-0.0", "0.0")
+        assert row[1:4] == ["tiny-random (random-init)", "maskclip", ""]
+        link = re.fullmatch(r"\[(run-[ab])\]\((.+\.md)\)", row[4])
+        assert link and (out / link.group(2)).is_file()
+        assert row[5:9] == [f"{s[k]:.1f}".replace("-0.0", "0.0")
                             for k in ("final_average", "average_incremental", "mean_forgetting", "bwt")]
-        assert row[8] == str(_entries(record))
-        link = re.fullmatch(r"\[heatmap\]\((.+\.png)\)", row[10])
-        assert link and (out / link.group(1)).is_file()
-    pq = _md_rows(md, "### PQ")
-    assert [r[0] for r in pq] == ["knn"] and pq[0][4] == f"{KNN['summary']['pq']['final_average']:.1f}"
-    # the per-run matrix: every R cell as recorded, '–' above the diagonal
-    matrix = _md_rows(md, "### knn · run-a")
+        pq = record["summary"].get("pq", {}).get("final_average")
+        assert row[9] == ("" if pq is None else f"{pq:.1f}")
+        assert row[10] == str(_entries(record))
+        assert row[12:] == [f"{v:.1f}" for v in record["matrix"]["miou"][2]]  # final mIoU per task
+    # the per-run page: every R cell as recorded, '–' above the diagonal, and its heatmaps
+    page = (out / "synth-knn-run-a.md").read_text()
+    matrix = _md_rows(page, "## mIoU")
     assert matrix[2] == ["3 city", "68.1", "68.8", "73.7"] and matrix[0][2:] == ["–", "–"]
-    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert images and all((out / p).is_file() for p in images)
-    assert "synth-miou-steps.png" in images and "memory-vs-miou.png" in images
+    assert _md_rows(page, "## PQ")[2] == ["3 city", "38.5", "nan", "50.2"]
+    for text in (md, page):
+        images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+        assert images and all((out / p).is_file() for p in images)
+    assert {"synth-miou-steps.png", "memory-vs-miou.png"} <= set(re.findall(r"\]\(([^)]+\.png)\)", md))
+    assert "synth-knn-run-a-miou.png" in page and "synth-knn-run-a-miou.png" not in md
 
 
 def test_pngs_are_written_and_heatmaps_show_their_matrix(report):
@@ -190,13 +196,15 @@ def _table_after(md: str, prefix: str) -> list[list[str]]:
 
 def test_final_scores_per_task_with_the_gain_over_zeroshot(report):
     _, out = report
-    md = (out / "summary.md").read_text()
-    rows = {r[0]: r for r in _table_after(md, "Final mIoU per task")}
-    assert rows["knn"] == ["knn", "run-a", "68.1 (+66.1)", "68.8 (+68.2)", "73.7 (+68.6)"]
-    assert rows["zeroshot"] == ["zeroshot", "run-b", "2.0", "0.6", "5.1"]  # the reference itself: no brackets
-    pq = _table_after(md, "Final PQ per task")  # no zero-shot PQ: plain scores, a missing one shown as 'nan'
+    page = (out / "synth-knn-run-a.md").read_text()
+    assert _table_after(page, "Final mIoU per task") == [["knn", "run-a", "68.1 (+66.1)", "68.8 (+68.2)",
+                                                          "73.7 (+68.6)"]]
+    zeroshot = (out / "synth-zeroshot-run-b.md").read_text()
+    assert _table_after(zeroshot, "Final mIoU per task") == [["zeroshot", "run-b", "2.0", "0.6", "5.1"]]
+    pq = _table_after(page, "Final PQ per task")  # no zero-shot PQ: plain scores, a missing one shown as 'nan'
     assert pq == [["knn", "run-a", "38.5", "nan", "50.2"]]
     # The sequence's description comes from its YAML (tasks/synth.yaml), the numbers only from the records.
+    md = (out / "summary.md").read_text()
     assert "three synthetic domains (park, beach, city), 7 classes each, things and stuff" in md
 
 

@@ -30,10 +30,24 @@ class KnnHead(ZeroShotHead):
         super().begin(vocabularies)
         self._luts = [self._memory_to_local(v) for v in self.vocabularies]
 
+    def end(self) -> None:
+        """A sharded memory (:mod:`bench.memory.sharded`) keeps answering the other processes' searches until every
+        process has classified its last image (ranks may hold different numbers of images)."""
+        finish = getattr(self.memory, "finish_searches", None)
+        if finish is not None:
+            finish()
+
     def with_settings(self, settings: Any) -> KnnHead:
         """The same head (memory, text embeddings, lookup tables shared) with other fusion settings."""
         other = copy.copy(self)
         other.settings = settings
+        return other
+
+    def with_memory(self, memory: Memory) -> KnnHead:
+        """The same head (text embeddings, settings shared) searching another memory; call after :meth:`begin`."""
+        other = copy.copy(self)
+        other.memory = memory
+        other._luts = [other._memory_to_local(v) for v in other.vocabularies]
         return other
 
     def _memory_to_local(self, vocabulary: Vocabulary) -> np.ndarray:

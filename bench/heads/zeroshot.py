@@ -34,6 +34,10 @@ class ZeroShotHead(torch.nn.Module):
         self.vocabularies = list(vocabularies)
         self.text = [self.base.text_embeddings(list(v.classes)) for v in self.vocabularies]
 
+    def end(self) -> None:
+        """This process has classified its last image of the evaluation pass (a head whose searches are collective
+        across processes waits for the others here, see :meth:`KnnHead.end`)."""
+
     def pooled(self, label_map: torch.Tensor, base_feats: Any) -> torch.Tensor:
         """L2-normalised float ``Q×D`` base features of the proposals (``Q`` = largest label), in the joint space
         with text (a base whose dense features are not, e.g. a ConvNeXt, projects the pooled vectors)."""

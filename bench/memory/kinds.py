@@ -60,12 +60,12 @@ def _ivf(spec: IndexSpec, width: int, n_train: int) -> tuple[Any, dict[str, int]
         m = spec.pq_m or auto_pq_m(width)
         resolved["pq_m"] = m
         inner = faiss.IndexIVFPQ(quantizer, width, nlist, m, PQ_BITS, ip)
-        _quick_kmeans(inner.pq.cp)
-    _quick_kmeans(inner.cp)
+        quick_kmeans(inner.pq.cp)
+    quick_kmeans(inner.cp)
     return inner, resolved
 
 
-def _quick_kmeans(cp: Any) -> None:
+def quick_kmeans(cp: Any) -> None:
     """Fewer k-means iterations and samples than FAISS's defaults (25, 256 per centroid): list assignment and
     codebooks hardly change after 10, and training stays within minutes for a million entries on two cores.
     ``min_points_per_centroid`` only silences FAISS's notice; ``IndexSpec.check`` guards the training size."""
@@ -81,6 +81,10 @@ INDEX_KINDS.register("ivf-flat", "k-means lists of fp32 vectors; nprobe lists sc
 INDEX_KINDS.register("ivf-pq", "k-means lists of product-quantised residuals, pq_m bytes per entry")(
     IndexKind(_ivf, ivf=True, structural=("nlist", "pq_m"), trained=True,
               min_train=lambda s: max(s.nlist, 2 ** PQ_BITS)))
+# The default: exact, then IVF lists that follow the memory's size and probes tuned to a recall target
+# (bench.memory.policy). It starts as a flat index; Memory drives the rest.
+INDEX_KINDS.register("auto", "exact, then IVF lists following the memory size, nprobe tuned to knn.target_recall")(
+    IndexKind(_flat))
 INDEX_KINDS.register("hnsw", "an HNSW graph over fp32 vectors; ef_search trades speed for recall")(
     IndexKind(_hnsw, structural=("hnsw_m", "ef_construction")))
 

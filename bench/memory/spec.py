@@ -50,8 +50,12 @@ class IndexSpec:
     nprobe: int = 16  # IVF lists scanned per query
     ef_search: int = 64  # HNSW candidate list while searching
     gpu: bool = False  # move the index to GPU 0 (needs a GPU build of faiss; never falls back to CPU)
+    target_recall: float = 0.95  # kind auto: recall@k the probe count is tuned to reach
+    # IVF kinds: inverted lists in a memory-mapped file (bench.memory.ondisk); where the lists live, not what they
+    # hold, so neither structural nor a search field
+    on_disk: bool = False
 
-    SEARCH_FIELDS: ClassVar[tuple[str, ...]] = ("nprobe", "ef_search", "gpu")
+    SEARCH_FIELDS: ClassVar[tuple[str, ...]] = ("nprobe", "ef_search", "gpu", "target_recall")
 
     @classmethod
     def from_config(cls, knn: Any) -> IndexSpec:
@@ -95,6 +99,20 @@ class IndexSpec:
             value = getattr(self, name)
             if value < least:
                 raise ConfigError(f"knn.{name} must be >= {least}, got {value}")
+        # auto starts exact and becomes an ivf-flat (bench.memory.policy): its lists go to disk from then on
+        if self.on_disk and not (self.is_ivf or self.kind == "auto"):
+            raise ConfigError(f"knn.on_disk=true keeps IVF inverted lists on disk, but knn.index={self.kind} has "
+                              "none: use ivf-flat, ivf-pq or auto, or set knn.on_disk=false")
+        if self.on_disk and self.gpu:
+            raise ConfigError("knn.on_disk=true and knn.gpu=true exclude each other (a GPU index keeps its lists "
+                              "in GPU memory): set one of them to false")
+        if self.kind == "auto":
+            for name in AUTO_CHOOSES:
+                value = getattr(self, name)
+                if value not in (getattr(IndexSpec, name), getattr(RUN_INDEX, name)):
+                    raise ConfigError(f"knn.{name}={value} has no effect with knn.index=auto, which chooses its "
+                                      "lists and training sizes and tunes nprobe to knn.target_recall; set "
+                                      f"knn.index=ivf-flat to fix {name} yourself")
         if self.pca_dim > dim:
             raise ConfigError(f"knn.pca_dim {self.pca_dim} exceeds the embedding dim {dim}")
         width = self.pca_dim or dim
@@ -106,13 +124,10 @@ class IndexSpec:
                               f"it needs at least {self.min_train()} training vectors")
 
 
-def auto_pq_m(width: int) -> int:
-    """The largest divisor of ``width`` up to 64: 64-byte codes for dims 64 to 768 (6 dims per byte at 384)."""
-    return max(m for m in range(1, min(width, PQ_MAX_BYTES) + 1) if width % m == 0)
-
-
-
-# The run's index (bench.config.KnnConfig takes its defaults from here): exact (a flat buffer) until 65,536
-# entries, then 4096 IVF lists trained on those, 8 probed per query: at 1M entries recall@16 0.99 at about 1 % of
-# the per-image time (results/perf/latest.json). The library's own defaults (IndexSpec()) stay a flat index.
-RUN_INDEX = IndexSpec("ivf-flat", nlist=4096, train_size=65536, nprobe=8)
+# The run's index (bench.config.KnnConfig takes its defaults from here): ``auto`` (bench.memory.policy: exact,
+# then IVF lists that follow the memory's size, probes tuned to knn.target_recall; recall@16 by memory size in
+# results/perf/latest.json). The knobs below are what a fixed IVF kind gets by default (knn.index=ivf-flat: exact
+# until 65,536 entries, then 4096 lists trained on those, 8 probed, the suite's default before auto). The library's
+# own defaults (IndexSpec()) stay a flat index.
+RUN_INDEX = IndexSpec("auto", nlist=4096, train_size=65536, nprobe=8)
+AUTO_CHOOSES = ("nlist", "train_size", "nprobe")  # knobs the auto kind sets itself (setting them is an error)

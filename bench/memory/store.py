@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from bench.errors import ConfigError, DamagedStateError, MemoryMismatchError
-from bench.io import atomic_dir, sha256_file
+from bench.io import atomic_dir, read_state_json, sha256_file
+from bench.memory import gpu, ondisk, policy
 from bench.memory.kinds import build_index
-from bench.memory.spec import GPU_MAX_K, HNSW_QUANTIZER_FROM, LABEL_BYTES, LEGACY_KINDS, IndexSpec
+from bench.memory.spec import HNSW_QUANTIZER_FROM, LABEL_BYTES, LEGACY_KINDS, IndexSpec
 
 FORMAT_VERSION = 2
 STATE_FILES = ("index.faiss", "labels.npy")  # their sha256 is in meta.json
+LISTS_FILE = ondisk.LISTS_FILE  # with on_disk: the inverted lists, also under a sha256 in meta.json
 
 
 def index_bytes(index: Any) -> int:
@@ -38,19 +40,6 @@ def index_bytes(index: Any) -> int:
     return total
 
 
-def _gpu_resources() -> Any:
-    import faiss
-
-    if not hasattr(faiss, "StandardGpuResources"):
-        raise ConfigError(f"knn.gpu=true, but the installed faiss {faiss.__version__} is a CPU-only build "
-                          "(faiss-cpu): install a GPU build (pip install faiss-gpu-cu12, or conda install -c "
-                          "pytorch faiss-gpu) or set knn.gpu=false")
-    if faiss.get_num_gpus() == 0:
-        raise ConfigError(f"knn.gpu=true, but faiss {faiss.__version__} sees no GPU (CUDA_VISIBLE_DEVICES="
-                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}); set knn.gpu=false to search on CPU")
-    return faiss.StandardGpuResources()
-
-
 class Memory:
     """Append-only database of ``(embedding, class name)`` entries; entry ids are 0..len-1 in insertion order.
 
@@ -58,14 +47,22 @@ class Memory:
     ``Memory(dim, embedder, IndexSpec(...))`` any other kind.
     """
 
-    def __init__(self, dim: int, embedder: str, index: str | IndexSpec = "flat", **params: Any) -> None:
+    def __init__(self, dim: int, embedder: str, index: str | IndexSpec = "flat", *,
+                 lists_dir: str | Path | None = None, **params: Any) -> None:
         import faiss
 
         spec = index if isinstance(index, IndexSpec) else IndexSpec(kind=LEGACY_KINDS.get(index, index))
         spec = dataclasses.replace(spec, **params) if params else spec
         spec.check(dim)
         self.dim, self.embedder, self.spec = dim, embedder, spec
-        self._gpu = _gpu_resources() if spec.gpu else None
+        if spec.kind == "auto" and (spec.gpu or spec.pca_dim):
+            raise ConfigError(f"knn.index=auto runs on the CPU without PCA (it retrains IVF lists as the memory "
+                              f"grows); got {'knn.gpu=true' if spec.gpu else f'knn.pca_dim={spec.pca_dim}'}: "
+                              "choose a fixed kind (flat, ivf-flat, ivf-pq) for that")
+        self._gpu = gpu.resources() if spec.gpu else None
+        # on_disk: where the working lists files go (bench.memory.ondisk; $TMPDIR when lists_dir is None)
+        self._lists = ondisk.ListsFolder(lists_dir) if spec.on_disk else None
+        self.auto = policy.AutoState() if spec.kind == "auto" else None
         self.trained = not spec.needs_training
         self.resolved: dict[str, int] = {}
         if self.trained:
@@ -92,9 +89,12 @@ class Memory:
         return self._codes[name]
 
     def _place(self, index: Any) -> Any:
-        """The index on the configured device: GPU 0 when ``gpu`` (a clear error where that cannot be done)."""
+        """The index on the configured device: GPU 0 when ``gpu`` (a clear error where that cannot be done); with
+        ``on_disk``, an IVF's lists moved into a file of this memory's lists folder."""
         import faiss
 
+        if self._lists is not None:
+            return ondisk.to_disk(index, self._lists.path)
         if self._gpu is None:
             return index
         try:
@@ -132,7 +132,41 @@ class Memory:
             self.index.add(embeddings)
         self.labels = np.concatenate([self.labels, codes])
         self._selector_cache.clear()
+        if self.auto is not None:
+            self.auto.changed()
+            policy.grow(self)
         return ids
+
+    # -- what the auto kind's policy reads and changes (bench.memory.policy); a sharded memory merges these ----
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float32 vectors of entries ``ids`` (an exact index, or the auto kind's IVF, which keeps a direct map)."""
+        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def refill(self, index: Any) -> None:
+        """Move every entry, in id order, into a trained empty ``index``, which becomes this memory's (placed
+        first, so that with ``on_disk`` the entries go straight into lists on disk)."""
+        index = self._place(index)
+        for start in range(0, len(self), policy.CHUNK):
+            index.add(self.vectors(np.arange(start, min(len(self), start + policy.CHUNK))))
+        self.index = index
+
+    def exact_search(self, queries: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest entries among those ``mask`` selects (all if None), by fp32 inner products computed
+        here, ties by lower id (the ground truth of the auto kind's tuning)."""
+        allowed = np.flatnonzero(mask) if mask is not None else np.arange(len(self))
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(allowed), policy.CHUNK):
+            ids = allowed[start:start + policy.CHUNK]
+            s, i = policy.top_k(queries @ self.vectors(ids).T, ids, k)
+            best_s, best_i = policy.top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1), k)
+        return best_s, best_i
+
+    def probe_search(self, queries: np.ndarray, k: int, codes: frozenset[int] | None, nprobe: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF search at ``nprobe`` restricted to class ``codes`` (None: unrestricted)."""
+        selector = self._selector(codes)[0] if codes is not None else None
+        return self.index.search(queries, k, params=self.search_params(selector, nprobe))
 
     def train(self, vectors: np.ndarray) -> None:
         """Train the index on float32 ``N×dim`` vectors (not added), then move any buffered entries into it."""
@@ -151,6 +185,8 @@ class Memory:
                              f"training vectors, got {len(train)}")
         index, resolved = build_index(self.spec, self.dim, len(train))
         index.train(train)
+        if self._lists is not None:  # lists on disk before the entries go in, so they never fill RAM lists
+            index = self._place(index)
         index.add(entries)
         self.index, self.resolved, self.trained = self._place(index), resolved, True
 
@@ -163,7 +199,7 @@ class Memory:
         id -1 and score -inf where fewer than k entries qualify (or, for approximate kinds, were found).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        selector, mask, available = None, None, len(self)
+        selector, mask, available, codes = None, None, len(self), None
         if allowed is not None:
             codes = frozenset(self._codes[n] for n in allowed if n in self._codes)
             if len(codes) < len(self.names):
@@ -172,18 +208,31 @@ class Memory:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         if self._gpu is not None and self.trained:
             scores, ids = self._search_gpu(queries, k, mask, available)
+        elif selector is not None and self.auto is not None and policy.exact_subset(self, available):
+            scores, ids = policy.search_subset(self, codes, mask, queries, k)
         else:
-            scores, ids = self.index.search(queries, k, params=self._params(selector))
+            nprobe = None
+            if self.auto is not None and self.auto.trained_at:
+                nprobe = policy.nprobe_for(self, codes if selector is not None else None, mask, k,
+                                           self.spec.target_recall)
+            scores, ids = self.index.search(queries, k, params=self.search_params(selector, nprobe))
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def _params(self, selector: Any) -> Any:
+    @property
+    def searches_lists(self) -> bool:
+        """Whether the index is an IVF now (a trained IVF kind, or the auto kind past its exact phase)."""
+        return (self.trained and self.spec.is_ivf) or (self.auto is not None and self.auto.trained_at > 0)
+
+    def search_params(self, selector: Any, nprobe: int | None = None) -> Any:
+        """FAISS search parameters with the id selector (None: none) and, for IVF, ``nprobe`` (default the spec's)."""
         import faiss
 
-        if self.trained and self.spec.is_ivf:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.nprobe)
+        if self.searches_lists:
+            nprobe = nprobe or self.spec.nprobe
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
             if self.resolved.get("nlist", 0) >= HNSW_QUANTIZER_FROM:
-                graph = faiss.SearchParametersHNSW(efSearch=max(64, 2 * self.spec.nprobe))
+                graph = faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
                 params.quantizer_params, params.referenced_graph_params = graph, graph  # keep it alive
             return params
         if self.trained and self.spec.kind == "hnsw":
@@ -192,31 +241,7 @@ class Memory:
 
     def _search_gpu(self, queries: np.ndarray, k: int, mask: np.ndarray | None, available: int
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """GPU indexes ignore id selectors, so restricted search fetches more neighbours and keeps allowed ones.
-
-        Exact for ``flat`` whenever a query's first ``GPU_MAX_K`` neighbours hold ``k`` allowed entries; rows
-        that do not are padded with -1.
-        """
-        params = self._params(None)
-        if mask is None:
-            return self.index.search(queries, k, params=params)
-        limit = min(len(self), GPU_MAX_K)
-        fetch = min(limit, 4 * k)
-        while True:
-            scores, ids = self.index.search(queries, fetch, params=params)
-            keep = (ids >= 0) & mask[np.maximum(ids, 0)]
-            if fetch >= limit or (keep.sum(1) >= min(k, available)).all():
-                break
-            fetch = min(limit, 4 * fetch)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed first, in score order
-        kept = np.take_along_axis(keep, order, 1)
-        out_ids = np.where(kept, np.take_along_axis(ids, order, 1), -1)
-        out_scores = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32)
-        if out_ids.shape[1] < k:
-            pad = k - out_ids.shape[1]
-            out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
-            out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return out_scores, out_ids
+        return gpu.search(self.index, queries, k, mask, available, self.search_params(None))
 
     def _selector(self, codes: frozenset[int]) -> tuple[Any, np.ndarray, int]:
         """A FAISS id selector (a bitmap over entry ids) for the given class codes, the boolean mask it encodes
@@ -242,11 +267,15 @@ class Memory:
         out[valid] = self.labels[ids[valid]]
         return out
 
+    def index_report(self) -> dict[str, Any]:
+        """What the index is and did, for the run record (:func:`bench.memory.policy.report`)."""
+        return policy.report(self)
+
     # -- size -----------------------------------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
         """Bytes the memory takes as saved: the serialised index plus 8 bytes of label per entry."""
-        return index_bytes(self._cpu_index()) + LABEL_BYTES * len(self)
+        return index_bytes(self._cpu_index()) + ondisk.lists_bytes(self.index) + LABEL_BYTES * len(self)
 
     def bytes_per_entry(self) -> float:
         """:attr:`nbytes` over the entries (codebooks and centroids included, so it falls as the memory grows)."""
@@ -256,42 +285,39 @@ class Memory:
     def save(self, path: str | Path) -> None:
         """Write index, labels and metadata into directory ``path``, atomically (a GPU index is saved from CPU).
 
-        meta.json holds the sha256 of index.faiss and labels.npy, checked by :meth:`load`."""
-        import faiss
-
+        meta.json holds the sha256 of index.faiss and labels.npy (and lists.ivfdata, the compact copy of on-disk
+        lists), checked by :meth:`load`."""
         with atomic_dir(path) as tmp:
             try:
-                faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
+                on_disk = ondisk.write_index(self._cpu_index(), tmp / "index.faiss")
             except RuntimeError as e:  # faiss reports a failed write (a full disk) as a RuntimeError
                 raise OSError(errno.EIO, f"faiss could not write the index ({_last_line(e)})",
                               str(Path(path) / "index.faiss")) from e
             np.save(tmp / "labels.npy", self.labels)
-            size = os.path.getsize(tmp / "index.faiss") + LABEL_BYTES * len(self)
+            files = (*STATE_FILES, LISTS_FILE) if on_disk else STATE_FILES
+            size = sum(os.path.getsize(tmp / name) for name in files if name != "labels.npy") + LABEL_BYTES * len(self)
             meta = {"format": FORMAT_VERSION, "dim": self.dim, "embedder": self.embedder,
                     "index_kind": self.spec.kind, "index": self.spec.structure(),
                     "search": {k: getattr(self.spec, k) for k in IndexSpec.SEARCH_FIELDS},
                     "trained": self.trained, "resolved": self.resolved, "size": len(self),
                     "bytes_per_entry": size / max(1, len(self)), "names": self.names,
-                    "sha256": {name: sha256_file(tmp / name) for name in STATE_FILES}}
+                    "sha256": {name: sha256_file(tmp / name) for name in files}}
+            if on_disk:
+                meta["on_disk"] = True
+            if self.auto is not None:
+                meta["auto"] = self.auto.saved()
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path, embedder: str | None = None, dim: int | None = None,
-             spec: IndexSpec | None = None) -> Memory:
+             spec: IndexSpec | None = None, lists_dir: str | Path | None = None) -> Memory:
         """Read a saved memory. If ``embedder``/``dim``/``spec`` are given they must match what it was built
-        with (for ``spec``: its structural fields; search fields such as ``nprobe`` come from ``spec``)."""
-        import faiss
-
+        with (for ``spec``: its structural fields; search fields such as ``nprobe`` come from ``spec``). Whether
+        the lists are on disk is ``spec.on_disk`` (without ``spec``: as saved); on disk, the saved lists are copied
+        into a working file under ``lists_dir`` (see :class:`Memory`), so the saved step never changes."""
         path = Path(path)
-        meta_path = path / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError as e:
-            raise DamagedStateError(meta_path, "cannot be read: it is missing") from e
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DamagedStateError(meta_path, f"cannot be read: {e}") from e
-        if not isinstance(meta, dict) or not {"dim", "embedder", "names", "size", "index_kind"} <= set(meta):
-            raise DamagedStateError(meta_path, "cannot be read: not the metadata of a saved memory")
+        meta = read_state_json(path / "meta.json", {"dim", "embedder", "names", "size", "index_kind"},
+                               "a saved memory")
         _verify(path, meta.get("sha256", {}))
         if embedder is not None and meta["embedder"] != embedder:
             raise MemoryMismatchError(f"{path}: memory was built with embedder {meta['embedder']!r} "
@@ -304,13 +330,19 @@ class Memory:
         if spec is not None and _stored(spec, trained) != _stored(saved, trained):
             raise MemoryMismatchError(f"{path}: memory was saved with index {saved.describe()}, but this run "
                                       f"is configured for index {spec.describe()}")
-        memory = cls(meta["dim"], meta["embedder"], spec or saved)
+        if spec is None and meta.get("on_disk"):
+            saved = dataclasses.replace(saved, on_disk=True)  # as it was saved; a run's spec chooses for itself
+        memory = cls(meta["dim"], meta["embedder"], spec or saved, lists_dir=lists_dir)
         try:
-            index = faiss.read_index(str(path / "index.faiss"))
+            index = ondisk.read_index(path / "index.faiss", bool(meta.get("on_disk")), memory._lists is not None)
+        except DamagedStateError:  # the lists file, already named
+            raise
         except RuntimeError as e:
             raise DamagedStateError(path / "index.faiss", f"cannot be read: {_last_line(e)}") from e
         memory.trained = trained
         memory.resolved = dict(meta.get("resolved", {}))
+        if memory.auto is not None:
+            memory.auto = policy.AutoState.from_saved(meta.get("auto", {}))
         memory.index = memory._place(index) if memory.trained else index
         try:
             memory.labels = np.load(path / "labels.npy")
@@ -332,7 +364,7 @@ def _last_line(e: BaseException) -> str:
 def _verify(path: Path, digests: dict[str, str]) -> None:
     """Check the saved files against the sha256 in meta.json (memories saved before format 2's checksums have
     none and are read as they are; a damaged one then fails when read)."""
-    for name in STATE_FILES:
+    for name in (*STATE_FILES, LISTS_FILE):
         if name in digests:
             file = path / name
             try:

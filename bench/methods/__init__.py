@@ -57,6 +57,10 @@ class Method:
         """The classes the method holds examples of after its last step (a memory's entries); none by default."""
         return []
 
+    def index_report(self, ctx: RunContext) -> dict[str, Any]:
+        """What the method's memory index is and did during the last step (none by default)."""
+        return {}
+
     def state_path(self, out: Path, step: int) -> Path | None:
         """The file or folder that :meth:`setup` reads to resume after ``step`` finished steps (None: no state).
         A run whose last step's state is gone recomputes that step (:mod:`bench.resume`)."""
