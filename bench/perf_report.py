@@ -34,6 +34,7 @@ def perf_markdown(result: Mapping[str, Any], source: str, plot: str | None) -> l
         digits = 4 if value is not None and abs(value) < 1 else 1
         body.append([f"`{key}`", title, fmt(value, digits), "" if op is None else f"{op} {bound}", verdict])
     lines += [*md_table(["key", "what", "value", "bound", ""], body), ""]
+    lines += auto_rows(result["memory"].get("auto") or [])
     table = []
     for row in result["memory"]["rows"]:
         if "kind" not in row:
@@ -46,3 +47,23 @@ def perf_markdown(result: Mapping[str, Any], source: str, plot: str | None) -> l
     if plot:
         lines += [f"![latency and recall against memory size]({plot})", ""]
     return lines
+
+
+def auto_rows(rows: list[Mapping[str, Any]]) -> list[str]:
+    """The default index (auto) grown through the sizes: recall@16 (restricted, against exact search) and latency
+    at each size, with what the index did there (phase, lists, the tuned probes or an exact subset)."""
+    if not rows:
+        return []
+    table = []
+    for row in rows:
+        index = row["index"]
+        tuned = index.get("tuned") or []
+        how = ("exact" if index["phase"] == "flat" else
+               "exact subset" if index.get("exact_subsets") else
+               ", ".join(f"nprobe {t['nprobe']}" for t in tuned) or "-")
+        table.append([str(row["dim"]), f"{row['n']:,}", index["phase"], str(index.get("nlist") or "-"), how,
+                      fmt(row["recall_at_16"], 4), fmt(row["ms_per_image"], 2)])
+    return ["The default index (`auto`, bench/memory/policy.py) as one memory grows, searched restricted to a "
+            "150-of-1000-class vocabulary:", "",
+            *md_table(["d", "entries", "phase", "lists", "search", "recall@16", "ms / image"], table), ""]
+

@@ -169,3 +169,16 @@ def test_the_run_record_says_what_the_index_did(small_run):
     last = record["memory_index"][-1]
     assert last["kind"] == "auto" and last["phase"] == "flat"  # the embedded sequence's memory is small
     assert last["entries"] == record["state_size"][-1]["memory_entries"]
+
+
+def test_the_dashboard_lists_the_default_index_by_size():
+    from bench.perf_report import auto_rows
+
+    rows = [{"dim": 384, "n": 1000, "recall_at_16": 1.0, "ms_per_image": 0.7,
+             "index": {"phase": "flat", "nlist": 0, "tuned": [], "exact_subsets": []}},
+            {"dim": 384, "n": 1_000_000, "recall_at_16": 0.9778, "ms_per_image": 9.6,
+             "index": {"phase": "ivf-flat", "nlist": 2048, "tuned": [{"nprobe": 4}], "exact_subsets": []}}]
+    text = "\n".join(auto_rows(rows))
+    assert "| 384 | 1,000 | flat | - | exact | 1.0000 | 0.70 |" in text
+    assert "| 384 | 1,000,000 | ivf-flat | 2048 | nprobe 4 | 0.9778 | 9.60 |" in text
+    assert auto_rows([]) == []
