@@ -41,6 +41,23 @@ def test_pool_features_exact_area_weights():
     assert torch.equal(pooled[2], torch.zeros(2))  # region 3 has no pixels
 
 
+def test_pool_features_equals_a_direct_sum_per_region_and_cell():
+    """Each pixel votes for the grid cell it falls in (rows * h // H, cols * w // W); checked against a loop over
+    pixels on an odd-sized map whose size is no multiple of the grid."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(5, 3, 4, generator=g)
+    label_map = torch.randint(0, 6, (13, 17), generator=g)
+    sums, counts = torch.zeros(6, 5), torch.zeros(6)
+    for y in range(13):
+        for x in range(17):
+            r = int(label_map[y, x])
+            sums[r] += feats[:, y * 3 // 13, x * 4 // 17]
+            counts[r] += 1
+    expected = sums[1:] / counts[1:].clamp_min(1).unsqueeze(1)
+    assert torch.allclose(pool_features(feats, label_map, 5), expected, atol=1e-6)
+    assert torch.allclose(pool_features(feats, label_map, 7)[:5], expected, atol=1e-6)  # regions 6, 7: empty
+
+
 def test_semantic_from_proposals_uncovered_pixels_are_ignore():
     label_map = torch.tensor([[0, 1], [2, 2]])
     probs = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
