@@ -27,13 +27,7 @@ def gather_in_shard_order(items: list[Any]) -> list[Any]:
     (:class:`datamodules.sampling.ShardSampler`), so its k-th item is sample ``r + kW``; interleaving the ranks'
     lists restores ``0, 1, 2, ...``. With one process the list comes back unchanged.
     """
-    if world_size() == 1:
-        return list(items)
-    import torch.distributed as dist
-
-    parts: list[list[Any]] = [[] for _ in range(world_size())]
-    dist.all_gather_object(parts, items)
-    return interleave(parts)
+    return interleave(all_gather(list(items)))
 
 
 def interleave(parts: list[list[Any]]) -> list[Any]:

@@ -140,9 +140,9 @@ class KnnMemory(Method):
                               ctx.base.image_size, self._reservoir, t)
         ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
         path = self.state_path(ctx.out, t + 1)
-        if self._sharded:  # every rank writes its shard
-            memory.save(path)
-        elif is_rank_zero():  # every rank holds the same memory (MemoryWriter.on_predict_epoch_end)
+        # sharded: every rank writes its shard; whole: every rank holds the same memory
+        # (MemoryWriter.on_predict_epoch_end), rank 0 writes it
+        if self._sharded or is_rank_zero():
             memory.save(path)
         if self._reservoir is not None and is_rank_zero():
             self._reservoir.save(path)
