@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import ConfigError
-from bench.pooling import pool_features
+from bench.inputs import input_key, model_input
+from bench.pooling import pool_with_area
 
 WINDOW_BATCH = 32  # windows per forward pass
 
@@ -115,10 +116,23 @@ class DenseFeatures:
         """float ``num_regions×D``: row ``k-1`` is the mean feature of region ``k`` of ``label_map`` (int64 at the
         image's own size, 0 = none); a region with no pixels gets a zero row. Pooled in float32 whatever the
         features' precision (pixel counts do not fit bf16's 8-bit mantissa)."""
+        return self.pool_with_area(label_map, num_regions)[0]
+
+    def segments(self, sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean features (float ``K×D``) of a sample's ground-truth segments that are not crowd and have
+        pixels, and their class ids (int64 ``K``): what a memory or a classifier learns from."""
+        classes = sample["segment_classes"]
+        pooled, area = self.pool_with_area(sample["segments"], len(classes))
+        keep = ~sample["segment_iscrowd"] & (area > 0)
+        return pooled[keep], classes[keep]
+
+    def pool_with_area(self, label_map: torch.Tensor, num_regions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`pool`, and each region's area (``num_regions``; > 0 exactly where the region has pixels: under
+        ``slide`` pixels weigh 1 / the windows covering them, and every pixel is covered)."""
         lay = self.layout
         features = self.features.float()
         if lay.count == 1 and lay.resized == (lay.window, lay.window) == (self.extent, self.extent):
-            return pool_features(features[0], label_map, num_regions)  # whole: the grid spans the image
+            return pool_with_area(features[0], label_map, num_regions)  # whole: the grid spans the image
         H, W = label_map.shape
         (rh, rw), win, g = lay.resized, lay.window, features.shape[-1]
         device = label_map.device
@@ -143,7 +157,7 @@ class DenseFeatures:
                 sums += counts.to(features.dtype) @ features[k].reshape(d, g * g).T
                 area += counts.sum(1)
                 k += 1
-        return torch.where(area.view(-1, 1) > 0, sums / area.clamp_min(1e-12).view(-1, 1).to(sums.dtype), 0)
+        return torch.where(area.view(-1, 1) > 0, sums / area.clamp_min(1e-12).view(-1, 1).to(sums.dtype), 0), area
 
 
 def _cover(starts: tuple[int, ...], window: int, length: int, device: torch.device) -> torch.Tensor:
@@ -154,18 +168,24 @@ def _cover(starts: tuple[int, ...], window: int, length: int, device: torch.devi
     return cover
 
 
-def _windows(backbone: Any, image: torch.Tensor, lay: Layout, extent: int) -> torch.Tensor:
-    """float ``N×3×extent×extent``: the normalised windows of one uint8 ``3×H×W`` image."""
-    x = image.float().unsqueeze(0) / 255.0
-    if tuple(x.shape[-2:]) != lay.resized:  # bilinear without antialiasing, as the harness's cv2 resize
-        x = F.interpolate(x, size=lay.resized, mode="bilinear", align_corners=False)
-    x = backbone.normalize(x[0])
+def _windows(x: torch.Tensor, lay: Layout, extent: int) -> torch.Tensor:
+    """float ``N×3×extent×extent``: the windows of one resized, normalised image ``3×h×w`` (:func:`model_input`)."""
     rh, rw = lay.resized
     side_h, side_w = max(rh, lay.window), max(rw, lay.window)
     x = F.pad(x, (0, side_w - rw, 0, side_h - rh))  # only for a side shorter than the window
     crops = [x[:, t:t + lay.window, s:s + lay.window] for t in lay.rows for s in lay.cols]
     pad = extent - lay.window
     return torch.stack([F.pad(c, (0, pad, 0, pad)) if pad else c for c in crops])
+
+
+def _input(backbone: Any, image: torch.Tensor, resized: tuple[int, int] | None,
+           prepared: dict[Any, torch.Tensor] | None) -> torch.Tensor:
+    """The backbone's input for one image: the one the loader's workers prepared when there is one
+    (:class:`bench.inputs.PreparedInputs`), else made here (the same function on the same values)."""
+    key = input_key(backbone, resized)
+    if prepared is not None and key is not None and key in prepared:
+        return prepared[key]
+    return model_input(backbone, image, resized)
 
 
 def extent_of(backbone: Any, window: int) -> int:
@@ -175,15 +195,18 @@ def extent_of(backbone: Any, window: int) -> int:
 
 
 def dense_features(backbones: list[Any], images: list[torch.Tensor], protocol: Any, input_size: int | None = None,
-                   joint: Any = None) -> list[list[DenseFeatures]]:
+                   joint: Any = None, inputs: list[Any] | None = None) -> list[list[DenseFeatures]]:
     """Features of ``images`` (uint8 ``3×H×W`` each) from each backbone: ``out[b][i]`` for backbone b, image i.
 
     ``whole``: each backbone's own ``preprocess`` and input size. ``slide``: the same windows for every backbone
     (side from ``protocol.crop`` or ``input_size``, the base's input). ``joint``: a callable computing all
-    backbones' features from one batch of windows at once (the base and its own visual tower share a pass)."""
+    backbones' features from one batch of windows at once (the base and its own visual tower share a pass).
+    ``inputs``: per image, the inputs the loader's workers prepared (``sample.get("inputs")``; None: make them)."""
+    inputs = inputs or [None] * len(images)
     if protocol.mode == "whole":
         out = []
-        batches = [torch.stack([b.preprocess(image) for image in images]) for b in backbones]
+        batches = [torch.stack([_input(b, image, None, ready) for image, ready in zip(images, inputs)])
+                   for b in backbones]
         if joint is not None:
             maps = list(joint(batches[0]))
         else:
@@ -203,7 +226,8 @@ def dense_features(backbones: list[Any], images: list[torch.Tensor], protocol: A
     for b, (backbone, extent) in enumerate(zip(backbones, extents)):
         if joint is not None and b > 0:
             break
-        windows = torch.cat([_windows(backbone, im, lay, extent) for im, lay in zip(images, layouts)])
+        windows = torch.cat([_windows(_input(backbone, im, lay.resized, ready), lay, extent)
+                             for im, lay, ready in zip(images, layouts, inputs)])
         for start in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[start:start + WINDOW_BATCH]
             results = joint(chunk) if joint is not None else (backbone.dense_features(chunk),)

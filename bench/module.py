@@ -29,7 +29,8 @@ def dense_batch(backbone: DenseBackbone, batch: list[dict[str, Any]], protocol: 
                 input_size: int | None = None) -> list[DenseFeatures]:
     """Dense features of each sample's image under the inference protocol (``input_size``: the base model's input,
     which sets slide windows by default)."""
-    return dense_features([backbone], [s["image"] for s in batch], protocol, input_size)[0]
+    return dense_features([backbone], [s["image"] for s in batch], protocol, input_size,
+                          inputs=[s.get("inputs") for s in batch])[0]
 
 
 def eval_features(base: BaseSegmenter, embedder: DenseBackbone | None, batch: list[dict[str, Any]],

@@ -15,6 +15,12 @@ def pool_features(features: torch.Tensor, label_map: torch.Tensor, num_regions: 
     voting for the grid cell it falls in (exact area weights when H, W are multiples of h, w). A region with no
     pixels gets a zero row.
     """
+    return pool_with_area(features, label_map, num_regions)[0]
+
+
+def pool_with_area(features: torch.Tensor, label_map: torch.Tensor, num_regions: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pool_features`, and each region's pixel count (int64 ``num_regions``) from the same counting pass."""
     d, h, w = features.shape
     H, W = label_map.shape
     # The (region, cell) index of each pixel, in int32 where it fits: the same counts, a third of the time of
@@ -24,9 +30,10 @@ def pool_features(features: torch.Tensor, label_map: torch.Tensor, num_regions: 
     cols = (torch.arange(W, device=label_map.device, dtype=kind) * w // W).view(1, W)
     index = label_map.to(kind) * (h * w) + (rows * w + cols)
     counts = torch.bincount(index.flatten(), minlength=(num_regions + 1) * h * w)
-    weights = counts.view(num_regions + 1, h * w)[1:].to(features.dtype)
+    per_cell = counts.view(num_regions + 1, h * w)[1:]
+    weights = per_cell.to(features.dtype)
     pooled = weights @ features.reshape(d, h * w).T
-    return pooled / weights.sum(1, keepdim=True).clamp_min(1)
+    return pooled / weights.sum(1, keepdim=True).clamp_min(1), per_cell.sum(1)
 
 
 def pool_regions(features: Any, label_map: torch.Tensor, num_regions: int) -> torch.Tensor:

@@ -123,8 +123,9 @@ def patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
     (``semantic_from_proposals``), metric_update, and proposals when the module makes them itself."""
     base, embedder, head = module.base, module.head.embedder, module.head
     backbones = [(base, "base_forward")] + ([(embedder, "embedder_forward")] if embedder is not None else [])
-    functions = [(bm, "semantic_from_proposals", "inference"), (dense, "_windows", "windows"),
-                 (zeroshot_head, "pool_regions", "pooling"), (knn_head, "pool_regions", "pooling"),
+    functions = [(bm, "semantic_from_proposals", "inference"), (dense, "_input", "windows"),
+                 (dense, "_windows", "windows"), (zeroshot_head, "pool_regions", "pooling"),
+                 (knn_head, "pool_regions", "pooling"),
                  (knn_head, "retrieval_distribution", "fusion"), (knn_head, "fuse", "fusion")]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in functions]
     saved_memory, saved_proposer = getattr(head, "memory", None), module.proposer
@@ -215,8 +216,9 @@ def write_ade_folder(root: Path, images: int) -> None:
 def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, num_workers: int = 0,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """The adapt pass over an ADE20K-format folder through the suite's own reader and data module, per image by
-    stage: data (read, decode, validate; with workers, the time spent waiting for them), preprocess (resize,
-    normalise), embedder forward, pooling (the rest of ``predict_step``), memory add.
+    stage: data (read, decode, validate, and the embedder's inputs resized and normalised by the loader transform
+    of a knn run; with workers, the time spent waiting for them), preprocess (inputs the loader did not prepare,
+    made in the main process), embedder forward, pooling (the rest of ``predict_step``), memory add.
     ``adapt_overhead_fraction`` = everything but the forward / the forward."""
     from datamodules import SequenceDataModule
     from datamodules.sequence import load_sequence
@@ -235,6 +237,7 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
         stages = Stages()
         added, timed, total = 0, 0, 0.0
         writer = MemoryWriter(embedder, TimedMemory(module.head.memory, stages), spec.tasks[0].vocabulary)
+        dm.adapt_transform = writer.loader_transform()  # as the knn method's adapt pass
         embedder.preprocess = stages.wrap("preprocess", embedder.preprocess)
         embedder.dense_features = stages.wrap("embedder_forward", embedder.dense_features)
         try:

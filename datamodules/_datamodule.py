@@ -52,6 +52,9 @@ class SequenceDataModule(L.LightningDataModule):
         self.spec, self.data_root = spec, data_root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_transform, self.pin_memory = eval_transform, pin_memory
+        # Applied to every adapt sample in the workers; a method sets it around its adapt pass (knn: the memory
+        # embedder's inputs, resized and normalised there: bench.inputs.PreparedInputs).
+        self.adapt_transform: Transform | None = None
         self.adapt_limit, self.eval_limit = adapt_limit, eval_limit
         self.step = 0
         self.eval_tasks: list[TaskSpec] | None = None  # what test_dataloader serves; None = tasks 0..step
@@ -93,7 +96,10 @@ class SequenceDataModule(L.LightningDataModule):
                                            collate_fn=collate_samples, pin_memory=self.pin_memory)
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.adapt_dataset(self.step))
+        dataset: torch.utils.data.Dataset = self.adapt_dataset(self.step)
+        if self.adapt_transform is not None:
+            dataset = Transformed(dataset, self.adapt_transform)
+        return self._loader(dataset)
 
     def test_dataloader(self) -> list[torch.utils.data.DataLoader]:
         datasets: list[torch.utils.data.Dataset] = [self.eval_dataset(task) for task in self.evaluated()]

@@ -14,7 +14,8 @@ PACKAGES = ("bench", "datamodules")
 # Layers, lowest first; a module may import its own layer or lower ones. First matching prefix wins.
 LAYERS = [
     ("data", ("datamodules",)),
-    ("library", ("bench.errors", "bench.io", "bench.models", "bench.proposals", "bench.pooling", "bench.dense",
+    ("library", ("bench.errors", "bench.io", "bench.inputs", "bench.models", "bench.proposals", "bench.pooling",
+                 "bench.dense",
                  "bench.bootstrap",
                  "bench.memory",
                  "bench.heads", "bench.fusion", "bench.inference", "bench.metrics", "bench.continual",

@@ -48,12 +48,9 @@ def mask_embeddings(base: Any, dataset: Any, batch_size: int = 8, protocol: Any 
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         features = dense_features([base], [s["image"] for s in batch], protocol, getattr(base, "image_size", None))
         for sample, feats in zip(batch, features[0]):
-            classes = sample["segment_classes"]
-            areas = torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:]
-            keep = ~sample["segment_iscrowd"] & (areas > 0)
-            pooled = project_pooled(base, feats.pool(sample["segments"], len(classes))[keep])
-            embeddings.append(F.normalize(pooled, dim=1))
-            names += [dataset.vocabulary.classes[c] for c in classes[keep].tolist()]
+            pooled, classes = feats.segments(sample)
+            embeddings.append(F.normalize(project_pooled(base, pooled), dim=1))
+            names += [dataset.vocabulary.classes[c] for c in classes.tolist()]
     out = torch.cat(embeddings).float() if embeddings else torch.zeros(0, base.dim)
     buf = io.BytesIO()
     torch.save({"embeddings": out, "names": names}, buf)

@@ -8,13 +8,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from bench.dense import WHOLE
 from bench.distributed import gather_in_shard_order, is_rank_zero, world_size
 from bench.errors import ConfigError, MemoryMismatchError
 from bench.heads import KnnHead
+from bench.inputs import PreparedInputs, loader_inputs
 from bench.memory import Memory
 from bench.memory.budget import Reservoir, keep_entries
 from bench.memory.sharded import ShardedMemory, is_sharded
@@ -42,15 +42,18 @@ class MemoryWriter(L.LightningModule):
         self.added = 0  # entries that entered the memory
         self._pending: list[tuple[np.ndarray, list[str]]] = []  # DDP or a budget: this rank's share
 
+    def loader_transform(self) -> PreparedInputs | None:
+        """The adapt samples' transform that makes the embedder's inputs in the loader's workers (identical to
+        those made here: :mod:`bench.inputs`), so the main process only runs the forward, pooling and adds."""
+        return loader_inputs([self.embedder], self.protocol)
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
         features = dense_batch(self.embedder, batch, self.protocol, self.input_size)
         samples = []  # per sample: (unit embeddings of its segments, their class names)
         for sample, feats in zip(batch, features):
-            classes, crowd = sample["segment_classes"], sample["segment_iscrowd"]
-            pooled = feats.pool(sample["segments"], len(classes))
-            keep = ~crowd & (torch.bincount(sample["segments"].flatten(), minlength=len(classes) + 1)[1:] > 0)
-            samples.append((F.normalize(pooled[keep], dim=1).float().cpu().numpy(),
-                            [self.vocabulary.classes[c] for c in classes[keep].tolist()]))
+            pooled, classes = feats.segments(sample)
+            samples.append((F.normalize(pooled, dim=1).float().cpu().numpy(),
+                            [self.vocabulary.classes[c] for c in classes.tolist()]))
         if world_size() > 1 or self.reservoir is not None:  # added once the whole split is known (epoch end)
             self._pending += samples
         else:
@@ -138,7 +141,11 @@ class KnnMemory(Method):
         task = ctx.spec.tasks[t]
         writer = MemoryWriter(self._head.embedder, memory, task.vocabulary, task_inference(ctx.cfg, task),
                               ctx.base.image_size, self._reservoir, t)
-        ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
+        ctx.dm.adapt_transform = writer.loader_transform()
+        try:
+            ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
+        finally:
+            ctx.dm.adapt_transform = None
         path = self.state_path(ctx.out, t + 1)
         # sharded: every rank writes its shard; whole: every rank holds the same memory
         # (MemoryWriter.on_predict_epoch_end), rank 0 writes it

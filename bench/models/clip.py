@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import ConfigError, WeightsUnavailable, first_line
+from bench.inputs import InputPrep
 from bench.io import cache_dir, read_cache, write_state_bytes
 from bench.models import BASES, EMBEDDERS
 from bench.models.checkpoint import FILE_TAG, file_weights, mismatch, names_file, read_state_dict, weights_file
@@ -233,12 +234,17 @@ class OpenClipBase(torch.nn.Module):
         return pooled
 
     # -- images -------------------------------------------------------------------------------------------------
+    @property
+    def input_prep(self) -> InputPrep:
+        """Input side, mean, std and patch: what ``preprocess`` and ``normalize`` do (loader workers use it)."""
+        return InputPrep.of(self.image_size, self.mean, self.std, self.patch_size)
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        return resize_normalize(image, self.image_size, self.mean, self.std)
+        return self.input_prep.preprocess(image)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float ``3×H×W`` in [0, 1] → normalised as the model expects."""
-        return normalize(x, self.mean, self.std)
+        return self.input_prep.normalize(x)
 
     @property
     def patch_size(self) -> int:
@@ -353,6 +359,10 @@ class ClipVisualEmbedder(torch.nn.Module):
         self.identity = f"{base.identity}:{part}"
         self.image_size, self.patch_size = base.image_size, base.patch_size
 
+    @property
+    def input_prep(self) -> InputPrep:
+        return self.base.input_prep
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         return self.base.preprocess(image)
 
@@ -376,16 +386,3 @@ def clip_embedder(base: OpenClipBase, pretrained: str = "", **_: object) -> torc
 def _grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """``B×N×W`` patch tokens → ``B×W×grid×grid``."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
-
-
-def resize_normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 ``3×H×W`` → float ``3×size×size``: bilinear (antialiased) resize, scale to [0,1], normalise."""
-    x = image.float().unsqueeze(0) / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return normalize(x[0], mean, std)
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """float ``3×H×W`` in [0, 1] → ``(x - mean) / std`` per channel, on ``x``'s device."""
-    return ((x - mean.to(x.device).view(3, 1, 1)) / std.to(x.device).view(3, 1, 1)).contiguous()

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from bench.errors import ConfigError, WeightsUnavailable, first_line
+from bench.inputs import InputPrep
 from bench.models import EMBEDDERS
 from bench.models.checkpoint import file_weights, mismatch, read_state_dict, weights_file
-from bench.models.clip import normalize, resize_normalize
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225))
@@ -72,11 +72,16 @@ class Dinov2Embedder(torch.nn.Module):
         self.dim = self.model.embed_dim
         self.identity = f"timm:{name}/{weights}@{size}"
 
+    @property
+    def input_prep(self) -> InputPrep:
+        """Input side, ImageNet mean and std, patch: what ``preprocess`` and ``normalize`` do."""
+        return InputPrep.of(self.image_size, IMAGENET_MEAN, IMAGENET_STD, self.patch_size)
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        return resize_normalize(image, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        return self.input_prep.preprocess(image)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+        return self.input_prep.normalize(x)
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.inputs import resize_normalize
 from bench.io import atomic_write_bytes, atomic_write_text
 from bench.models import clip
 from bench.pretrain import world as W
@@ -153,7 +154,7 @@ class PreparedPool:
 
     @classmethod
     def build(cls, pool: W.ScenePool, size: int, grid: int, mean: torch.Tensor, std: torch.Tensor) -> PreparedPool:
-        images = torch.stack([clip.resize_normalize(im, size, mean, std) for im in pool.images])
+        images = torch.stack([resize_normalize(im, size, mean, std) for im in pool.images])
         counts = []
         for seg, cs in zip(pool.segments, pool.segment_concepts):
             seg = seg.long()

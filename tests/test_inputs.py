@@ -1,0 +1,155 @@
+"""Model inputs made in the loader's workers (bench/inputs.py) are the ones the main process would make, bit for
+bit (``whole``; ``slide``'s stay in the main process); a knn adapt pass with them writes the same memory;
+segments are kept exactly where they are not crowd and have pixels."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bench.dense import WHOLE, Protocol, dense_features
+from bench.inputs import InputPrep, PreparedInputs, input_key, loader_inputs, model_input
+from datamodules import SequenceDataModule
+from datamodules.sequence import load_sequence
+
+SLIDE = Protocol("slide", short_side=160, max_long_side=2048, crop=96, stride=48)  # 128² → 160², 3×3 windows
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    from bench.models import build_base, build_embedder
+
+    base = build_base("tiny-random")
+    return base, build_embedder("dinov2", base, "dinov2-tiny-random")
+
+
+def test_the_prep_of_a_backbone_states_its_own_preprocessing(backbones):
+    base, dino = backbones
+    prep = base.input_prep
+    assert (prep.size, prep.patch_size) == (base.image_size, base.patch_size)
+    assert torch.equal(torch.tensor(prep.mean), base.mean) and torch.equal(torch.tensor(prep.std), base.std)
+    assert dino.input_prep.mean == pytest.approx((0.485, 0.456, 0.406)) and dino.input_prep.patch_size == 14
+    assert InputPrep.of(8, base.mean, base.std) == InputPrep.of(8, base.mean.tolist(), base.std.tolist())
+    clip_tower = __import__("bench.models", fromlist=["build_embedder"]).build_embedder("clip", base)
+    assert clip_tower.input_prep == prep  # the base's own tower takes the base's inputs: one key
+
+
+def _served(num_workers: int, transform: PreparedInputs | None) -> list[dict]:
+    dm = SequenceDataModule(load_sequence("synth"), batch_size=2, num_workers=num_workers, adapt_limit=5)
+    dm.set_step(0)
+    dm.adapt_transform = transform
+    return [sample for batch in dm.predict_dataloader() for sample in batch]
+
+
+def test_inputs_made_in_a_worker_equal_those_made_in_the_process(backbones):
+    base, dino = backbones
+    transform = loader_inputs([base, dino], WHOLE)
+    samples = _served(1, pickle.loads(pickle.dumps(transform)))  # what a spawned worker would unpickle
+    assert len(samples) == 5
+    for sample in samples:
+        assert len(sample["inputs"]) == 2
+        for backbone in (base, dino):
+            made_here = model_input(backbone, sample["image"], None)
+            assert made_here.shape == (3, backbone.image_size, backbone.image_size)
+            assert torch.equal(sample["inputs"][input_key(backbone, None)], made_here)
+        # and the features from them are the features made from the image alone
+        got = dense_features([base, dino], [sample["image"]], WHOLE, base.image_size, inputs=[sample["inputs"]])
+        want = dense_features([base, dino], [sample["image"]], WHOLE, base.image_size)
+        assert all(torch.equal(g[0].features, w[0].features) for g, w in zip(got, want))
+
+
+def test_slide_inputs_stay_in_the_main_process():
+    """torch's bilinear resize without antialiasing (slide's, as the harness's cv2) is not bit-identical across
+    thread counts, the antialiased one (whole's) is: a worker (1 thread) may only prepare whole's inputs."""
+    import torch.nn.functional as F
+
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        out = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out[n] = F.interpolate(x, size=(160, 160), mode="bilinear", align_corners=False, antialias=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[1], out[2])  # whole's resize: the same whatever the threads
+    assert loader_inputs([PatchlessPrep()], SLIDE) is None
+    assert isinstance(loader_inputs([PatchlessPrep()], WHOLE), PreparedInputs)
+
+
+class PatchlessPrep:
+    input_prep = InputPrep(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_inputs_under_another_key_are_not_used(backbones):
+    base, dino = backbones
+    sample = PreparedInputs([dino.input_prep])(_served(0, None)[0])  # the embedder's inputs, not the base's
+    poisoned = {key: torch.full_like(x, 7.0) for key, x in sample["inputs"].items()}
+    got = dense_features([base], [sample["image"]], WHOLE, base.image_size, inputs=[poisoned])[0][0]
+    assert torch.equal(got.features, dense_features([base], [sample["image"]], WHOLE, base.image_size)[0][0].features)
+    used = dense_features([dino], [sample["image"]], WHOLE, base.image_size, inputs=[poisoned])[0][0]
+    assert not torch.equal(used.features, dense_features([dino], [sample["image"]], WHOLE, base.image_size)[0][0]
+                           .features)  # the matching key is taken as given
+    slide = dense_features([dino], [sample["image"]], SLIDE, base.image_size, inputs=[poisoned])[0][0]
+    assert torch.equal(slide.features, dense_features([dino], [sample["image"]], SLIDE, base.image_size)[0][0]
+                       .features)  # a whole input is never a slide one
+
+
+def test_a_backbone_without_a_prep_gets_no_transform():
+    class Plain:
+        pass
+
+    assert loader_inputs([Plain()], WHOLE) is None and input_key(Plain(), None) is None
+
+
+def test_a_knn_adapt_pass_writes_the_same_memory_with_inputs_from_a_worker(backbones):
+    """MemoryWriter over the loader with its transform in one worker = without it, in the process."""
+    from bench.config import KnnConfig
+    from bench.memory import IndexSpec, Memory
+    from bench.methods.knn import MemoryWriter
+
+    base, dino = backbones
+    memories = []
+    for workers, prepared in ((0, False), (1, True)):
+        memory = Memory(dino.dim, dino.identity, IndexSpec.from_config(KnnConfig(index="flat")))
+        spec = load_sequence("synth")
+        writer = MemoryWriter(dino, memory, spec.tasks[0].vocabulary, WHOLE, base.image_size)
+        with torch.no_grad():
+            for i, batch in enumerate(_loader_batches(writer, workers, prepared)):
+                assert all(("inputs" in s) == prepared for s in batch)
+                writer.predict_step(batch, i)
+        memories.append(memory)
+    assert len(memories[0]) == len(memories[1]) > 0
+    assert np.array_equal(memories[0].labels, memories[1].labels)
+    assert np.array_equal(memories[0].vectors(np.arange(len(memories[0]))),
+                          memories[1].vectors(np.arange(len(memories[1]))))
+
+
+def _loader_batches(writer, workers: int, prepared: bool):
+    dm = SequenceDataModule(load_sequence("synth"), batch_size=2, num_workers=workers, adapt_limit=4)
+    dm.set_step(0)
+    dm.adapt_transform = writer.loader_transform() if prepared else None
+    return list(dm.predict_dataloader())
+
+
+@pytest.mark.parametrize("protocol", [WHOLE, SLIDE], ids=["whole", "slide"])
+def test_segments_keep_exactly_the_non_crowd_regions_with_pixels(backbones, protocol):
+    base, _ = backbones
+    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    segments = torch.zeros(128, 128, dtype=torch.long)
+    segments[:40] = 1
+    segments[40:90, :70] = 2
+    segments[90:, 5:6] = 4  # a one-pixel-wide strip; region 3 has no pixels, region 5 neither
+    segments[40:90, 70:] = 6
+    sample = {"segments": segments, "segment_classes": torch.tensor([3, 1, 4, 1, 5, 9]),
+              "segment_iscrowd": torch.tensor([False, False, False, False, False, True])}
+    feats = dense_features([base], [image], protocol, base.image_size)[0][0]
+    pooled, classes = feats.segments(sample)
+    present = torch.bincount(segments.flatten(), minlength=7)[1:] > 0
+    keep = present & ~sample["segment_iscrowd"]
+    assert keep.tolist() == [True, True, False, True, False, False]
+    assert torch.equal(classes, sample["segment_classes"][keep])
+    assert torch.equal(pooled, feats.pool(segments, 6)[keep])
