@@ -15,7 +15,8 @@ under ``max_long_side``) is zero-padded; the harness feeds the smaller window in
 Regions (a label map at the image's original size) are pooled from all windows: each original pixel is placed in
 the resized image (nearest: ``y * H' // H``), and in every window covering it, it adds its window's feature cell
 with weight 1 / (number of windows covering it); a region's feature is the weighted mean. With one window that
-covers the whole image this is exactly :func:`bench.pooling.pool_features`, which ``whole`` uses as before.
+covers the whole image this is exactly :func:`bench.pooling.pool_features` (``pool_with_area``), which ``whole``
+uses as before.
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ def build_model(memory: Memory) -> bm.ContinualSegmenter:
 @contextlib.contextmanager
 def patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
     """Time the module's collaborators in place (after ``begin_eval``, which makes the metrics); restore them
-    afterwards. Stages: windows (resize, normalise and, under ``slide``, cut into windows), base_forward,
+    afterwards. Stages: windows (the inputs: resize and normalise, ``bench.dense._input``, which calls a
+    backbone's ``preprocess`` under ``whole``; under ``slide`` also the cut into windows), base_forward,
     embedder_forward, pooling, text_scores (the base's text classification), retrieval, fusion, inference
     (``semantic_from_proposals``), metric_update, and proposals when the module makes them itself."""
     base, embedder, head = module.base, module.head.embedder, module.head
@@ -134,7 +135,6 @@ def patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
         setattr(owner, name, stages.wrap(stage, getattr(owner, name)))
     for backbone, stage in backbones:  # instance attributes over the methods; deleted again below
         backbone.dense_features = stages.wrap(stage, backbone.dense_features)
-        backbone.preprocess = stages.wrap("windows", backbone.preprocess)  # whole: resize + normalise
     head.text_probabilities = stages.wrap("text_scores", head.text_probabilities)
     for m in module.metrics:
         m.update = stages.wrap("metric_update", m.update)
@@ -147,7 +147,7 @@ def patched(module: bm.ContinualSegmenter, stages: Stages) -> Iterator[None]:
         for owner, name, fn in saved:
             setattr(owner, name, fn)
         for backbone, _ in backbones:
-            del backbone.dense_features, backbone.preprocess
+            del backbone.dense_features
         del head.text_probabilities
         for m, update in zip(module.metrics, saved_updates):
             m.update = update
@@ -196,6 +196,13 @@ def predict_timing(module: bm.ContinualSegmenter, vocabulary: list[str], images:
     # The stricter view: against the two backbones' forward passes alone (no superpixels, no pooling).
     out["retrieval_fraction_of_forward"] = round(knn / (ms["base_forward"] + ms["embedder_forward"]), 5)
     return out
+
+
+def overhead_of_loaded_run(loaded: dict[str, Any], in_process: dict[str, Any]) -> float:
+    """What an adapt run with loader workers spends per image besides the embedder forward, over the forward of
+    the in-process run (no worker taking CPU from it): the suite's overhead against the model's own cost."""
+    outside = loaded["ms_per_image_total"] - loaded["ms_per_image"]["embedder_forward"]
+    return round(outside / in_process["ms_per_image"]["embedder_forward"], 5)
 
 
 def write_ade_folder(root: Path, images: int) -> None:

@@ -98,6 +98,19 @@ def test_inputs_under_another_key_are_not_used(backbones):
                        .features)  # a whole input is never a slide one
 
 
+def test_a_pass_on_another_device_resizes_there(backbones):
+    """A knn adapt pass on a GPU gets no loader transform: its inputs are made from the batch on the device, as
+    in evaluation (a CPU resize in a worker would round differently)."""
+    from bench.memory import IndexSpec, Memory
+    from bench.methods.knn import MemoryWriter
+
+    _, dino = backbones
+    writer = MemoryWriter(dino, Memory(dino.dim, dino.identity, IndexSpec()), load_sequence("synth").tasks[0]
+                          .vocabulary)
+    assert isinstance(writer.loader_transform(torch.device("cpu")), PreparedInputs)
+    assert writer.loader_transform(torch.device("cuda", 0)) is None and writer.loader_transform("mps") is None
+
+
 def test_a_backbone_without_a_prep_gets_no_transform():
     class Plain:
         pass
@@ -153,3 +166,9 @@ def test_segments_keep_exactly_the_non_crowd_regions_with_pixels(backbones, prot
     assert keep.tolist() == [True, True, False, True, False, False]
     assert torch.equal(classes, sample["segment_classes"][keep])
     assert torch.equal(pooled, feats.pool(segments, 6)[keep])
+    if protocol.mode == "whole":  # and the means themselves, the obvious way: each pixel takes its grid cell
+        grid = feats.features[0].float()
+        g = grid.shape[-1]
+        cells = grid[:, (torch.arange(128) * g // 128).view(-1, 1), (torch.arange(128) * g // 128).view(1, -1)]
+        expected = torch.stack([cells[:, segments == k].mean(1) for k in (1, 2, 4)])
+        torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)

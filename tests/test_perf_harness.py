@@ -93,3 +93,11 @@ def test_the_pipeline_instrumentation_times_every_stage_and_restores_the_module(
     import bench.heads.knn
 
     assert bench.dense._windows.__name__ == "_windows" and bench.heads.knn.fuse.__name__ == "fuse"
+
+
+def test_the_adapt_overhead_divides_by_the_forward_of_the_run_without_workers():
+    import perf_pipeline
+
+    loaded = {"ms_per_image_total": 74.0, "ms_per_image": {"embedder_forward": 69.0, "data": 2.0}}
+    in_process = {"ms_per_image_total": 70.0, "ms_per_image": {"embedder_forward": 50.0, "data": 11.0}}
+    assert perf_pipeline.overhead_of_loaded_run(loaded, in_process) == 0.1  # (74 - 69) / 50, not / 69

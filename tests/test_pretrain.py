@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -129,11 +130,40 @@ def test_the_default_run_is_synth_shift_on_tiny_clip_synth():
 
 
 @pytest.mark.slow
-def test_rebuilding_the_weights_reproduces_the_committed_checksum():
-    """The committed script, as a user runs it (its own process, so it can pin the numerics before torch loads)."""
+def test_rebuilding_the_weights_reproduces_the_committed_checksum(tmp_path):
+    """The committed script, as a user runs it (its own process, so it can pin the numerics before torch loads).
+    On the CPU model and torch the weights were built with: the same bytes. Elsewhere the bytes are not promised
+    (rounding differs between CPU vendors, see the script): the training log must then agree with the committed
+    one to its 4 decimals for the first 100 steps, and within 0.01 to the end (an Intel Xeon here: through step
+    125, 0.0028); a change to the data, the model or the losses moves the log from the first step, one to the
+    optimiser by step 25."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny_clip.py"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=3600)
+    log = tmp_path / "rebuilt.log.json"
+    proc = subprocess.run([sys.executable, str(script), "--check", "--log", str(log)], capture_output=True,
+                          text=True, timeout=3600)
     print(f"\nrebuilt {NAME} in {time.perf_counter() - start:.0f} s:\n{proc.stdout}")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"committed {clip.suite_checksum(NAME)}: same" in proc.stdout
+    assert proc.returncode in (0, 1) and log.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    committed = json.loads(clip.SUITE_WEIGHTS[NAME].with_name(f"{NAME}.log.json").read_text())
+    rebuilt = json.loads(log.read_text())
+    same_machine = all(committed["built_with"][k] == rebuilt["built_with"][k] for k in ("cpu", "torch", "python"))
+    if same_machine:
+        assert proc.returncode == 0 and f"committed {clip.suite_checksum(NAME)}: same" in proc.stdout
+    else:
+        agree = train.history_agreement(committed["history"], rebuilt["history"])
+        assert agree["identical_through"] >= 100 and agree["max_abs"] <= 0.01, agree
+
+
+def test_history_agreement_finds_where_two_training_logs_part():
+    a = [{"step": s, "region": 1.0 + s, "patch": 0.5} for s in (0, 25, 50, 75)]
+    b = [dict(r) for r in a]
+    assert train.history_agreement(a, b) == {"identical_through": 75, "max_abs": 0.0}
+    b[2]["patch"] += 0.0001  # one unit of the log's last decimal
+    b[3]["region"] -= 0.003
+    assert train.history_agreement(a, b) == {"identical_through": 25, "max_abs": 0.003}
+    b[0]["region"] += 0.2
+    assert train.history_agreement(a, b)["identical_through"] == -1
+    with pytest.raises(ValueError, match="different steps"):
+        train.history_agreement(a, b[:3])
+    with pytest.raises(ValueError, match="different losses"):
+        train.history_agreement(a, [{k: v for k, v in r.items() if k != "patch"} for r in b])

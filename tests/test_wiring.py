@@ -229,7 +229,8 @@ def reference_probabilities(color: int, knn: KnnConfig, allowed: Sequence[int] =
 
 # -- adapt -------------------------------------------------------------------------------------------------------
 def test_adapt_memory_holds_exactly_the_non_crowd_segments():
-    """Guards: crowd segments added to the memory (``~crowd &`` dropped from ``keep`` in predict_step).
+    """Guards: crowd segments added to the memory (the crowd test dropped from ``keep`` in
+    ``DenseFeatures.segments``, which ``MemoryWriter.predict_step`` calls).
 
     Exact memory: 4 entries (cat, dog, grass, grass) in insertion order with their unit embeddings; the crowd cat
     (embedding e7) and the dog segment with no pixel are not there."""

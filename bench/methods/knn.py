@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from bench.dense import WHOLE
@@ -42,10 +43,12 @@ class MemoryWriter(L.LightningModule):
         self.added = 0  # entries that entered the memory
         self._pending: list[tuple[np.ndarray, list[str]]] = []  # DDP or a budget: this rank's share
 
-    def loader_transform(self) -> PreparedInputs | None:
+    def loader_transform(self, device: torch.device | str = "cpu") -> PreparedInputs | None:
         """The adapt samples' transform that makes the embedder's inputs in the loader's workers (identical to
-        those made here: :mod:`bench.inputs`), so the main process only runs the forward, pooling and adds."""
-        return loader_inputs([self.embedder], self.protocol)
+        those made here: :mod:`bench.inputs`), so the main process only runs the forward, pooling and adds. None
+        for a pass on another ``device``: there the resize runs on the batch as moved to the device, as in
+        evaluation, and a CPU resize in a worker would round differently."""
+        return loader_inputs([self.embedder], self.protocol) if torch.device(device).type == "cpu" else None
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
         features = dense_batch(self.embedder, batch, self.protocol, self.input_size)
@@ -141,9 +144,10 @@ class KnnMemory(Method):
         task = ctx.spec.tasks[t]
         writer = MemoryWriter(self._head.embedder, memory, task.vocabulary, task_inference(ctx.cfg, task),
                               ctx.base.image_size, self._reservoir, t)
-        ctx.dm.adapt_transform = writer.loader_transform()
+        trainer = ctx.trainer()
+        ctx.dm.adapt_transform = writer.loader_transform(trainer.strategy.root_device)
         try:
-            ctx.trainer().predict(writer, datamodule=ctx.dm, return_predictions=False)
+            trainer.predict(writer, datamodule=ctx.dm, return_predictions=False)
         finally:
             ctx.dm.adapt_transform = None
         path = self.state_path(ctx.out, t + 1)

@@ -21,7 +21,11 @@ from datamodules.registry import Registry
 
 
 class DenseBackbone(Protocol):
-    """Images in, a dense feature map out. ``identity`` names the architecture *and* its weights."""
+    """Images in, a dense feature map out. ``identity`` names the architecture *and* its weights.
+
+    Optional: ``normalize`` (float ``3×H×W`` in [0, 1] → normalised; ``slide`` inference needs it),
+    ``patch_size``, and ``input_prep`` (a :class:`bench.inputs.InputPrep` through which ``preprocess`` and
+    ``normalize`` are defined; with it the loader's workers make the inputs, see :mod:`bench.inputs`)."""
 
     identity: str
     dim: int

@@ -323,6 +323,22 @@ def train(cfg: PretrainConfig, log_every: int = 25) -> tuple[torch.nn.Module, Co
     return model, tokens, log
 
 
+def history_agreement(committed: list[dict[str, float]], rebuilt: list[dict[str, float]]) -> dict[str, Any]:
+    """How far two training logs (rows of step and losses, rounded to 4 decimals) agree: the last step up to which
+    every loss is equal (-1: not even the first), and the largest absolute difference of any logged loss."""
+    if [r["step"] for r in committed] != [r["step"] for r in rebuilt]:
+        raise ValueError("the two training logs are of different steps: compare builds of the same config")
+    if any(set(a) != set(b) for a, b in zip(committed, rebuilt)):
+        raise ValueError("the two training logs log different losses: compare builds of the same code")
+    through, diverged, largest = -1, False, 0.0
+    for a, b in zip(committed, rebuilt):
+        gap = max(abs(a[k] - b[k]) for k in a if k != "step")
+        largest = max(largest, gap)
+        diverged = diverged or gap > 5e-5  # the logs keep 4 decimals
+        through = through if diverged else a["step"]
+    return {"identical_through": through, "max_abs": round(largest, 4)}
+
+
 # -- saving ---------------------------------------------------------------------------------------------------------
 def weights_bytes(model: torch.nn.Module, tokens: CompactTokens, cfg: PretrainConfig) -> bytes:
     """The safetensors file: the state dict with the token table stored as its used rows and their ids."""
