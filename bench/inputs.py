@@ -85,8 +85,7 @@ class PreparedInputs:
         self.preps = preps
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        inputs = {(prep, None): model_input(prep, sample["image"], None) for prep in self.preps}
-        return {**sample, "inputs": {**sample.get("inputs", {}), **inputs}}
+        return {**sample, "inputs": {(prep, None): model_input(prep, sample["image"], None) for prep in self.preps}}
 
 
 def loader_inputs(backbones: list[Any], protocol: Any) -> PreparedInputs | None:

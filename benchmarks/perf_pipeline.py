@@ -198,11 +198,12 @@ def predict_timing(module: bm.ContinualSegmenter, vocabulary: list[str], images:
     return out
 
 
-def overhead_of_loaded_run(loaded: dict[str, Any], in_process: dict[str, Any]) -> float:
-    """What an adapt run with loader workers spends per image besides the embedder forward, over the forward of
-    the in-process run (no worker taking CPU from it): the suite's overhead against the model's own cost."""
-    outside = loaded["ms_per_image_total"] - loaded["ms_per_image"]["embedder_forward"]
-    return round(outside / in_process["ms_per_image"]["embedder_forward"], 5)
+def adapt_overhead(run: dict[str, Any], forward_of: dict[str, Any]) -> float:
+    """What an adapt ``run`` (an :func:`adapt_timing` result) spends per image besides the embedder forward, over
+    the forward of ``forward_of``: the run itself, or for a run with loader workers the in-process run (no worker
+    taking CPU from its forward), the suite's overhead against the model's own cost."""
+    outside = run["ms_per_image_total"] - run["ms_per_image"]["embedder_forward"]
+    return round(outside / forward_of["ms_per_image"]["embedder_forward"], 5)
 
 
 def write_ade_folder(root: Path, images: int) -> None:
@@ -269,7 +270,5 @@ def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, nu
     out["ms_per_image"]["pooling"] = out["ms_per_image"].pop("other")
     out["entries_added_per_image"] = round(added / timed, 2)
     out["num_workers"] = num_workers
-    ms = out["ms_per_image"]
-    out["adapt_overhead_fraction"] = round((out["ms_per_image_total"] - ms["embedder_forward"])
-                                           / ms["embedder_forward"], 5)
+    out["adapt_overhead_fraction"] = adapt_overhead(out, out)
     return out

@@ -37,11 +37,16 @@ def test_the_prep_of_a_backbone_states_its_own_preprocessing(backbones):
     assert clip_tower.input_prep == prep  # the base's own tower takes the base's inputs: one key
 
 
-def _served(num_workers: int, transform: PreparedInputs | None) -> list[dict]:
+def _batches(num_workers: int, transform: PreparedInputs | None) -> list[list[dict]]:
+    """The first 5 adapt samples of synth, in batches of 2, through the data module's predict loader."""
     dm = SequenceDataModule(load_sequence("synth"), batch_size=2, num_workers=num_workers, adapt_limit=5)
     dm.set_step(0)
     dm.adapt_transform = transform
-    return [sample for batch in dm.predict_dataloader() for sample in batch]
+    return list(dm.predict_dataloader())
+
+
+def _served(num_workers: int, transform: PreparedInputs | None) -> list[dict]:
+    return [sample for batch in _batches(num_workers, transform) for sample in batch]
 
 
 def test_inputs_made_in_a_worker_equal_those_made_in_the_process(backbones):
@@ -131,7 +136,7 @@ def test_a_knn_adapt_pass_writes_the_same_memory_with_inputs_from_a_worker(backb
         spec = load_sequence("synth")
         writer = MemoryWriter(dino, memory, spec.tasks[0].vocabulary, WHOLE, base.image_size)
         with torch.no_grad():
-            for i, batch in enumerate(_loader_batches(writer, workers, prepared)):
+            for i, batch in enumerate(_batches(workers, writer.loader_transform() if prepared else None)):
                 assert all(("inputs" in s) == prepared for s in batch)
                 writer.predict_step(batch, i)
         memories.append(memory)
@@ -139,13 +144,6 @@ def test_a_knn_adapt_pass_writes_the_same_memory_with_inputs_from_a_worker(backb
     assert np.array_equal(memories[0].labels, memories[1].labels)
     assert np.array_equal(memories[0].vectors(np.arange(len(memories[0]))),
                           memories[1].vectors(np.arange(len(memories[1]))))
-
-
-def _loader_batches(writer, workers: int, prepared: bool):
-    dm = SequenceDataModule(load_sequence("synth"), batch_size=2, num_workers=workers, adapt_limit=4)
-    dm.set_step(0)
-    dm.adapt_transform = writer.loader_transform() if prepared else None
-    return list(dm.predict_dataloader())
 
 
 @pytest.mark.parametrize("protocol", [WHOLE, SLIDE], ids=["whole", "slide"])

@@ -100,4 +100,5 @@ def test_the_adapt_overhead_divides_by_the_forward_of_the_run_without_workers():
 
     loaded = {"ms_per_image_total": 74.0, "ms_per_image": {"embedder_forward": 69.0, "data": 2.0}}
     in_process = {"ms_per_image_total": 70.0, "ms_per_image": {"embedder_forward": 50.0, "data": 11.0}}
-    assert perf_pipeline.overhead_of_loaded_run(loaded, in_process) == 0.1  # (74 - 69) / 50, not / 69
+    assert perf_pipeline.adapt_overhead(loaded, in_process) == 0.1  # (74 - 69) / 50, not / 69
+    assert perf_pipeline.adapt_overhead(in_process, in_process) == 0.4  # a run's own ratio: (70 - 50) / 50
