@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError
 from bench.inputs import input_key, model_input
-from bench.pooling import pool_with_area
+from bench.pooling import pool_cells, pool_with_area
 
 WINDOW_BATCH = 32  # windows per forward pass
 
@@ -113,6 +113,12 @@ class DenseFeatures:
     def device(self) -> torch.device:
         return self.features.device
 
+    @property
+    def spans_image(self) -> bool:
+        """One grid covering the whole image (``whole``): pixels map to its cells by plain scaling."""
+        lay = self.layout
+        return lay.count == 1 and lay.resized == (lay.window, lay.window) == (self.extent, self.extent)
+
     def pool(self, label_map: torch.Tensor, num_regions: int) -> torch.Tensor:
         """float ``num_regions×D``: row ``k-1`` is the mean feature of region ``k`` of ``label_map`` (int64 at the
         image's own size, 0 = none); a region with no pixels gets a zero row. Pooled in float32 whatever the
@@ -123,7 +129,14 @@ class DenseFeatures:
         """The mean features (float ``K×D``) of a sample's ground-truth segments that are not crowd and have
         pixels, and their class ids (int64 ``K``): what a memory or a classifier learns from."""
         classes = sample["segment_classes"]
-        pooled, area = self.pool_with_area(sample["segments"], len(classes))
+        cells = sample.get("segment_cells", {}).get(tuple(self.features.shape[-2:])) if self.spans_image else None
+        if cells is not None:  # counted by the loader's worker on this grid (bench.inputs.PreparedInputs)
+            pooled, area = pool_cells(self.features[0].float(), cells)
+        elif "segments" in sample:
+            pooled, area = self.pool_with_area(sample["segments"], len(classes))
+        else:
+            raise ValueError(f"sample {sample.get('meta', {}).get('file_id', '?')!r} has no segment map and no "
+                             f"segment cell counts on a {tuple(self.features.shape[-2:])} grid spanning the image")
         keep = ~sample["segment_iscrowd"] & (area > 0)
         return pooled[keep], classes[keep]
 
@@ -132,7 +145,7 @@ class DenseFeatures:
         ``slide`` pixels weigh 1 / the windows covering them, and every pixel is covered)."""
         lay = self.layout
         features = self.features.float()
-        if lay.count == 1 and lay.resized == (lay.window, lay.window) == (self.extent, self.extent):
+        if self.spans_image:
             return pool_with_area(features[0], label_map, num_regions)  # whole: the grid spans the image
         H, W = label_map.shape
         (rh, rw), win, g = lay.resized, lay.window, features.shape[-1]

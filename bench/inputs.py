@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.pooling import region_cells
+
 
 def resize_normalize(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 ``3×H×W`` → float ``3×size×size``: bilinear (antialiased) resize, scale to [0,1], normalise."""
@@ -53,6 +55,11 @@ class InputPrep:
         """float ``3×H×W`` in [0, 1] → normalised."""
         return normalize(x, torch.tensor(self.mean), torch.tensor(self.std))
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The feature grid of the ``whole`` input (a ViT's patch grid)."""
+        return self.size // self.patch_size, self.size // self.patch_size
+
 
 def _floats(values: Any) -> Any:
     return tuple(float(x) for x in (values.tolist() if isinstance(values, torch.Tensor) else values))
@@ -79,21 +86,34 @@ def model_input(backbone: Any, image: torch.Tensor, resized: tuple[int, int] | N
 
 class PreparedInputs:
     """Loader transform: adds ``sample["inputs"]`` = ``{input_key: model input}`` for each prep, for the ``whole``
-    protocol. Picklable (a plain class of plain values), so spawned workers can run it."""
+    protocol. With ``cells`` (the adapt pass of a memory writer, which reads nothing else of the maps), it also
+    counts the pixels of each ground-truth segment in each cell of each prep's grid
+    (``sample["segment_cells"][grid]``: :func:`bench.pooling.region_cells`, what
+    :meth:`bench.dense.DenseFeatures.segments` pools with) and drops the full-size label maps (``segments``,
+    ``semantic``), which the main process would otherwise receive from the worker only to count them. Picklable
+    (a plain class of plain values), so spawned workers can run it."""
 
-    def __init__(self, preps: list[InputPrep]) -> None:
-        self.preps = preps
+    def __init__(self, preps: list[InputPrep], cells: bool = False) -> None:
+        self.preps, self.cells = preps, cells
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {**sample, "inputs": {(prep, None): model_input(prep, sample["image"], None) for prep in self.preps}}
+        out = {**sample, "inputs": {(prep, None): model_input(prep, sample["image"], None) for prep in self.preps}}
+        if self.cells:
+            regions = len(sample["segment_classes"])
+            out["segment_cells"] = {prep.grid: region_cells(sample["segments"], regions, *prep.grid)
+                                    for prep in self.preps}
+            del out["segments"]
+            out.pop("semantic", None)
+        return out
 
 
-def loader_inputs(backbones: list[Any], protocol: Any) -> PreparedInputs | None:
-    """The transform that prepares the inputs of ``backbones`` in the loader's workers; None when none of them
-    states its prep, and under ``slide``: torch's bilinear resize without antialiasing (the harness's) differs in
-    the last bit between thread counts (1.8e-7 measured, 1 thread in a worker vs 2 here) where the antialiased one
-    of ``whole`` does not, and inputs from a worker must be the ones made here."""
+def loader_inputs(backbones: list[Any], protocol: Any, cells: bool = False) -> PreparedInputs | None:
+    """The transform that prepares the inputs of ``backbones`` in the loader's workers (and with ``cells`` the
+    segments' cell counts: :class:`PreparedInputs`); None when none of them states its prep, and under ``slide``:
+    torch's bilinear resize without antialiasing (the harness's) differs in the last bit between thread counts
+    (1.8e-7 measured, 1 thread in a worker vs 2 here) where the antialiased one of ``whole`` does not, and inputs
+    from a worker must be the ones made here."""
     if protocol.mode != "whole":
         return None
     preps = list(dict.fromkeys(p for b in backbones if (p := getattr(b, "input_prep", None)) is not None))
-    return PreparedInputs(preps) if preps else None
+    return PreparedInputs(preps, cells) if preps else None

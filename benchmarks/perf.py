@@ -21,7 +21,8 @@ Headline keys (null where a quick run does not measure them):
   is 64-d, so its 64-byte codes keep a byte per dim; ``miou.ivf-pq-8B`` shows the loss at d=384's ratio.
 - ``adapt_overhead_fraction``: (data + preprocess + pooling + memory add) per adapt image with the run's default
   loader workers (``bench.config.default_workers()``: one per core but one, at most 8; the data time is the wait
-  for them; the knn adapt pass's loader transform resizes and normalises the embedder's inputs there), over the
+  for them; the knn adapt pass's loader transform resizes and normalises the embedder's inputs there and counts
+  the segments' pixels per cell of its grid, so the label maps are not sent), over the
   embedder forward measured in the process, with no worker competing for the cores (on two cores the worker
   slows the forward by a fifth, which would flatter a ratio to the forward of the same run).
   ``adapt_overhead_fraction_in_process``: the same with everything in the process (``num_workers=0``, the run

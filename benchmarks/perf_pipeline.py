@@ -224,9 +224,10 @@ def write_ade_folder(root: Path, images: int) -> None:
 def adapt_timing(module: bm.ContinualSegmenter, images: int, batch_size: int, num_workers: int = 0,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """The adapt pass over an ADE20K-format folder through the suite's own reader and data module, per image by
-    stage: data (read, decode, validate, and the embedder's inputs resized and normalised by the loader transform
-    of a knn run; with workers, the time spent waiting for them), preprocess (inputs the loader did not prepare,
-    made in the main process), embedder forward, pooling (the rest of ``predict_step``), memory add.
+    stage: data (read, decode, validate, and the loader transform of a knn run: the embedder's inputs resized
+    and normalised, the segments' pixels counted per cell of its grid; with workers, the time spent waiting for
+    them), preprocess (inputs the loader did not prepare, made in the main process), embedder forward, pooling
+    (the rest of ``predict_step``: the means from the counts, normalised), memory add.
     ``adapt_overhead_fraction`` = everything but the forward / the forward."""
     from datamodules import SequenceDataModule
     from datamodules.sequence import load_sequence

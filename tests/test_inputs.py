@@ -1,6 +1,7 @@
 """Model inputs made in the loader's workers (bench/inputs.py) are the ones the main process would make, bit for
-bit (``whole``; ``slide``'s stay in the main process); a knn adapt pass with them writes the same memory;
-segments are kept exactly where they are not crowd and have pixels."""
+bit (``whole``; ``slide``'s stay in the main process), and so are the segments pooled from the cell counts the
+workers make instead of sending the label maps; a knn adapt pass with them writes the same memory; segments are
+kept exactly where they are not crowd and have pixels."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from bench.dense import WHOLE, Protocol, dense_features
 from bench.inputs import InputPrep, PreparedInputs, input_key, loader_inputs, model_input
+from bench.pooling import region_cells
 from datamodules import SequenceDataModule
 from datamodules.sequence import load_sequence
 
@@ -137,7 +139,7 @@ def test_a_knn_adapt_pass_writes_the_same_memory_with_inputs_from_a_worker(backb
         writer = MemoryWriter(dino, memory, spec.tasks[0].vocabulary, WHOLE, base.image_size)
         with torch.no_grad():
             for i, batch in enumerate(_batches(workers, writer.loader_transform() if prepared else None)):
-                assert all(("inputs" in s) == prepared for s in batch)
+                assert all(("inputs" in s) == prepared == ("segment_cells" in s) != ("segments" in s) for s in batch)
                 writer.predict_step(batch, i)
         memories.append(memory)
     assert len(memories[0]) == len(memories[1]) > 0
@@ -170,3 +172,46 @@ def test_segments_keep_exactly_the_non_crowd_regions_with_pixels(backbones, prot
         cells = grid[:, (torch.arange(128) * g // 128).view(-1, 1), (torch.arange(128) * g // 128).view(1, -1)]
         expected = torch.stack([cells[:, segments == k].mean(1) for k in (1, 2, 4)])
         torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_region_cells_count_each_regions_pixels_per_grid_cell():
+    label_map = torch.tensor([[1, 1, 2, 0, 0, 0],
+                              [1, 2, 2, 0, 0, 3],
+                              [0, 0, 0, 3, 3, 3],
+                              [0, 0, 0, 3, 3, 3]])
+    # a 2×3 grid: each cell is a 2×2 block of pixels
+    assert region_cells(label_map, 4, 2, 3).tolist() == [[3, 0, 0, 0, 0, 0],
+                                                         [1, 2, 0, 0, 0, 0],
+                                                         [0, 0, 1, 0, 2, 4],
+                                                         [0, 0, 0, 0, 0, 0]]
+
+
+def test_segments_pooled_from_a_workers_cell_counts_equal_those_from_the_maps(backbones):
+    """The adapt transform of a memory writer counts each segment's pixels per grid cell in the worker and leaves
+    the full-size maps there; pooling from the counts gives the same means, bit for bit."""
+    base, dino = backbones
+    plain = _served(0, None)
+    served = _served(1, pickle.loads(pickle.dumps(loader_inputs([base, dino], WHOLE, cells=True))))
+    for sample, counted in zip(plain, served, strict=True):
+        assert "segments" not in counted and "semantic" not in counted
+        assert set(counted["segment_cells"]) == {base.input_prep.grid, dino.input_prep.grid}
+        for backbone in (base, dino):
+            feats = dense_features([backbone], [sample["image"]], WHOLE, base.image_size)[0][0]
+            assert tuple(feats.features.shape[-2:]) == backbone.input_prep.grid
+            got, want = feats.segments(counted), feats.segments(sample)
+            assert len(want[1]) > 0 and torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+def test_cell_counts_on_another_grid_are_not_used(backbones):
+    base, dino = backbones
+    sample = _served(0, None)[0]
+    counted = PreparedInputs([dino.input_prep], cells=True)(sample)
+    feats = dense_features([base], [sample["image"]], WHOLE, base.image_size)[0][0]
+    assert base.input_prep.grid not in counted["segment_cells"]
+    with pytest.raises(ValueError, match=r"no segment map and no segment cell counts on a \(\d+, \d+\) grid"):
+        feats.segments(counted)
+    both = {**counted, "segments": sample["segments"]}  # the map, when it is there, serves any grid
+    assert torch.equal(feats.segments(both)[0], feats.segments(sample)[0])
+    slide = dense_features([dino], [sample["image"]], SLIDE, base.image_size)[0][0]
+    with pytest.raises(ValueError, match="no segment map"):  # windows: counts on one grid do not apply
+        slide.segments(counted)

@@ -47,8 +47,11 @@ class MemoryWriter(L.LightningModule):
         """The adapt samples' transform that makes the embedder's inputs in the loader's workers (identical to
         those made here: :mod:`bench.inputs`), so the main process only runs the forward, pooling and adds. None
         for a pass on another ``device``: there the resize runs on the batch as moved to the device, as in
-        evaluation, and a CPU resize in a worker would round differently."""
-        return loader_inputs([self.embedder], self.protocol) if torch.device(device).type == "cpu" else None
+        evaluation, and a CPU resize in a worker would round differently. The workers also count the segments'
+        pixels per cell of the embedder's grid, so that the full-size label maps stay there."""
+        if torch.device(device).type != "cpu":
+            return None
+        return loader_inputs([self.embedder], self.protocol, cells=True)
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> int:
         features = dense_batch(self.embedder, batch, self.protocol, self.input_size)
