@@ -24,7 +24,7 @@ Headline keys (null where a quick run does not measure them):
   for them; the knn adapt pass's loader transform resizes and normalises the embedder's inputs there and counts
   the segments' pixels per cell of its grid, so the label maps are not sent), over the
   embedder forward measured in the process, with no worker competing for the cores (on two cores the worker
-  slows the forward by a fifth, which would flatter a ratio to the forward of the same run).
+  slows the forward by a seventh to a fifth, which would flatter a ratio to the forward of the same run).
   ``adapt_overhead_fraction_in_process``: the same with everything in the process (``num_workers=0``, the run
   default until issue 15), over its own forward. ``adapt_ms_per_image_wall``: wall time per image of both.
 - ``pq_speedup_vs_torchmetrics``: benchmarks/pq_speed.py, re-run here (read from its file in a quick run).
