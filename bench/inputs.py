@@ -100,8 +100,8 @@ class PreparedInputs:
         out = {**sample, "inputs": {(prep, None): model_input(prep, sample["image"], None) for prep in self.preps}}
         if self.cells:
             regions = len(sample["segment_classes"])
-            out["segment_cells"] = {prep.grid: region_cells(sample["segments"], regions, *prep.grid)
-                                    for prep in self.preps}
+            grids = dict.fromkeys(prep.grid for prep in self.preps)  # counted once per grid
+            out["segment_cells"] = {grid: region_cells(sample["segments"], regions, *grid) for grid in grids}
             del out["segments"]
             out.pop("semantic", None)
         return out

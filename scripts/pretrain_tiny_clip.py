@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         committed = clip.suite_checksum("tiny-clip-synth")
         print(f"committed {committed}: {'same' if committed == digest else 'DIFFERENT'}")
-        built = json.loads(committed_log.read_text())["built_with"]
-        agree = history_agreement(json.loads(committed_log.read_text())["history"], log["history"])
+        previous = json.loads(committed_log.read_text())
+        built = previous["built_with"]
+        agree = history_agreement(previous["history"], log["history"])
         print(f"training log: the committed one's to its 4 decimals through step {agree['identical_through']}, "
               f"largest difference {agree['max_abs']:.4f} (built on {built['cpu']!r} with torch {built['torch']}; "
               f"this is {record['built_with']['cpu']!r} with torch {record['built_with']['torch']})")
